@@ -1,0 +1,101 @@
+"""The ``streamrnn`` command line: run, check-config, score, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .config import Config, ConfigError, effective_config_yaml, load_config
+
+__all__ = ["main"]
+
+log = logging.getLogger("streamrnn")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, getattr(logging, level)))
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"streamrnn: invalid config: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .worker import Worker
+
+    cfg = _load(args.config)
+    _setup_logging(cfg.logging.level)
+    worker = Worker(cfg)
+    worker.install_signal_handlers()
+    return worker.run()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.file)
+    sys.stdout.write(effective_config_yaml(cfg))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .offline import read_readings_csv, score_frame
+    from .worker import load_detector
+
+    cfg = _load(args.config)
+    _setup_logging("WARNING")
+    import torch
+
+    torch.set_num_threads(1)  # determinism and fair use of cores when files run in parallel
+    df = read_readings_csv(args.input)
+    detector = load_detector(cfg)
+    out = score_frame(df, detector, batch_size=args.batch_size)
+    out.to_csv(args.output, index=False, float_format="%.9g")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(duration=args.duration, sensors=args.sensors, metrics_port=args.metrics_port, rate=args.rate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamrnn", description="Streaming anomaly detection with a stateful GRU per sensor.")
+    p.add_argument("--version", action="version", version=f"streamrnn {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the worker (SIGTERM/SIGINT: finish the batch, checkpoint, commit, exit 0)")
+    r.add_argument("--config", required=True, help="YAML config file")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("check-config", help="validate a config file and print the effective config (secrets masked)")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("score", help="score a CSV (timestamp,value[,sensor_id]) offline with the worker's detector")
+    s.add_argument("input")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--config", help="YAML config (scoring/alerts/model sections apply)")
+    s.add_argument("--batch-size", type=int, default=1000, help="rows per detector batch, as a poll batch (default 1000)")
+    s.set_defaults(func=cmd_score)
+
+    d = sub.add_parser("demo", help="embedded broker + synthetic sensors + worker; prints alerts as they happen")
+    d.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
+    d.add_argument("--sensors", type=int, default=40, help="number of synthetic sensors (default 40)")
+    d.add_argument("--rate", type=float, default=10.0, help="readings per sensor per second of wall time (default 10)")
+    d.add_argument("--metrics-port", type=int, default=9108, help="metrics port (default 9108; 0 picks a free one)")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``streamrnn`` command."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)

@@ -1,0 +1,219 @@
+"""Typed, validated configuration loaded from one YAML file.
+
+Every setting has a default and a one-line description (the ``description`` of its
+field); ``configs/default.yaml`` is the same reference in YAML form. Loading is
+strict: an unknown key, a wrong type or an out-of-range value raises
+:class:`ConfigError` whose message names the dotted path of the key.
+
+``${VAR}`` and ``${VAR:-default}`` inside string values expand from the environment
+before validation, so secrets (SASL passwords, key passphrases) stay out of the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_config", "effective_config_yaml"]
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the offending key."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class KafkaConfig(_Section):
+    """Where readings come from and where alerts and dead letters go."""
+
+    bootstrap_servers: list[str] = Field(["127.0.0.1:9092"], min_length=1, description="Kafka brokers to bootstrap from, host:port.")
+    topics: list[str] = Field(["sensors"], min_length=1, description="Topics holding sensor readings.")
+    group_id: str = Field("streamrnn", min_length=1, description="Consumer group; all workers of one deployment share it.")
+    alerts_topic: str = Field("sensor-alerts", min_length=1, description="Topic receiving alert events (keyed by sensor id).")
+    dead_letter_topic: str = Field("sensor-dlq", min_length=1, description="Topic receiving rejected messages with the reason in headers.")
+    client_id: str = Field("streamrnn", description="Client id reported to the broker.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT", description="Protocol used to talk to brokers.")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = Field(None, description="SASL mechanism when security_protocol is SASL_*.")
+    sasl_plain_username: str | None = Field(None, description="SASL username.")
+    sasl_plain_password: SecretStr | None = Field(None, description="SASL password; use ${ENV_VAR}, never a literal.")
+    ssl_cafile: str | None = Field(None, description="CA bundle used to verify brokers.")
+    ssl_certfile: str | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    ssl_keyfile: str | None = Field(None, description="Client private key (PEM) for mutual TLS.")
+    ssl_password: SecretStr | None = Field(None, description="Passphrase of ssl_keyfile; use ${ENV_VAR}.")
+    ssl_check_hostname: bool = Field(True, description="Verify that broker certificates match their host names.")
+    auto_offset_reset: Literal["earliest", "latest"] = Field("earliest", description="Where a group with no committed offset starts.")
+    session_timeout_ms: int = Field(45000, ge=1000, le=3600000, description="Group session timeout; a silent worker is evicted after it.")
+    heartbeat_interval_ms: int = Field(3000, ge=100, le=600000, description="Heartbeat period; keep below a third of session_timeout_ms.")
+    max_poll_interval_ms: int = Field(300000, ge=1000, description="Longest allowed gap between polls before the group evicts the worker.")
+    fetch_max_wait_ms: int = Field(500, ge=0, le=60000, description="Longest the broker holds a fetch waiting for data (bounds latency).")
+    max_poll_records: int = Field(5000, ge=1, le=1000000, description="Largest poll batch; large batches amortise the GRU step (measured).")
+    poll_timeout_ms: int = Field(1000, ge=0, le=60000, description="How long one poll waits for records.")
+    check_crcs: bool = Field(True, description="Verify record CRCs (install crc32c to keep this cheap).")
+    producer_acks: Literal["all", "0", "1"] = Field("all", description="Acknowledgements required for alerts and dead letters.")
+    producer_linger_ms: int = Field(5, ge=0, le=60000, description="Producer batching delay for alerts and dead letters.")
+    reconnect_backoff_initial_seconds: float = Field(1.0, gt=0, le=600, description="First wait before retrying an unreachable broker.")
+    reconnect_backoff_max_seconds: float = Field(30.0, gt=0, le=3600, description="Cap of the exponential backoff between broker retries.")
+    request_timeout_ms: int = Field(30000, ge=1000, description="Timeout of one request to the broker.")
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> "KafkaConfig":
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be lower than session_timeout_ms")
+        return self
+
+
+class MessageConfig(_Section):
+    """How to read a reading out of each JSON message."""
+
+    sensor_field: str = Field("sensor_id", min_length=1, description="JSON field holding the sensor id.")
+    time_field: str = Field("ts", min_length=1, description="JSON field holding the timestamp: epoch s, epoch ms or ISO-8601.")
+    value_field: str = Field("value", min_length=1, description="JSON field holding the numeric value.")
+    out_of_order: Literal["drop", "dead_letter"] = Field("drop", description="What to do with a reading at or before its sensor's last timestamp (replays after a crash are expected, so the default counts and drops them).")
+
+
+class ModelConfig(_Section):
+    """The forecaster."""
+
+    path: str | None = Field(None, description="Model file (state dict + sha256 sidecar); empty uses the model shipped in the package.")
+    threads: int = Field(1, ge=1, le=256, description="Torch intra-op threads for the scoring step.")
+
+
+class StateConfig(_Section):
+    """Per-sensor state and checkpoints."""
+
+    dir: str = Field("./state", min_length=1, description="Directory for checkpoints of the per-sensor state.")
+    max_sensors: int = Field(100000, ge=1, le=100_000_000, description="Most sensors held; the least recently seen is evicted beyond it.")
+    initial_capacity: int = Field(1024, ge=1, description="Sensors preallocated at start; the bank doubles as sensors appear.")
+    checkpoint_interval_seconds: float = Field(5.0, ge=0, le=3600, description="Checkpoint (then commit offsets) at most this often; 0 after every batch.")
+
+
+class ScoringConfig(_Section):
+    """Turning forecasts and residuals into anomaly scores."""
+
+    normaliser_halflife: float = Field(2000.0, gt=1, description="Half-life, in readings, of each sensor's running mean/variance used to normalise its values.")
+    calibration_halflife: float = Field(500.0, gt=1, description="Half-life, in readings, of each sensor's residual scale used to calibrate scores.")
+    calibration_clip: float = Field(6.0, gt=1, description="Calibrated residuals above this count as this much when updating the scale (anomalies do not inflate it).")
+    tail_halflife: float = Field(2000.0, gt=1, description="Half-life, in readings, of each sensor's residual tail estimate behind the score.")
+    tail_prior_weight: float = Field(20.0, ge=0, description="Pseudo-readings of a Gaussian tail that a sensor's tail estimate is shrunk towards.")
+    learn_after: int = Field(30, ge=0, description="Forecasts a sensor makes before its residuals start to calibrate its scores.")
+    stuck_readings: int = Field(30, ge=0, description="Identical consecutive values that mark a normally noisy sensor as stuck (0 disables).")
+
+
+class AlertsConfig(_Section):
+    """When an anomaly score becomes an alert."""
+
+    threshold: float = Field(0.99999, gt=0, lt=1, description="Anomaly score at or above which an alert opens (1 - threshold is the per-reading tail probability).")
+    resolve_threshold: float = Field(0.99, ge=0, lt=1, description="Score below which a reading counts towards resolving (hysteresis).")
+    warmup_readings: int = Field(60, ge=0, description="Readings a sensor needs before it may raise an alert.")
+    open_after: int = Field(1, ge=1, description="Consecutive readings at or above threshold needed to open an alert.")
+    resolve_after: int = Field(5, ge=1, description="Consecutive readings below resolve_threshold needed to resolve it.")
+    cooldown_seconds: float = Field(600.0, ge=0, description="After a resolve, no new alert opens for this long (reading time).")
+    log: bool = Field(True, description="Also log each alert event.")
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> "AlertsConfig":
+        if self.resolve_threshold > self.threshold:
+            raise ValueError("resolve_threshold must not exceed threshold")
+        return self
+
+
+class MetricsConfig(_Section):
+    """The Prometheus endpoint (also serves /healthz and /readyz)."""
+
+    enabled: bool = Field(True, description="Serve metrics over HTTP.")
+    host: str = Field("0.0.0.0", description="Address the metrics server binds to.")
+    port: int = Field(9108, ge=0, le=65535, description="Metrics port (0 picks a free one).")
+
+
+class LoggingConfig(_Section):
+    """Log output."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+
+class Config(_Section):
+    """The whole worker configuration."""
+
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka connection and topics.")
+    message: MessageConfig = Field(default_factory=MessageConfig, description="Message field names.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Forecaster.")
+    state: StateConfig = Field(default_factory=StateConfig, description="Per-sensor state.")
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Residual scoring.")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Alerting.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Metrics endpoint.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(node: Any, path: str) -> Any:
+    """Expand ${VAR} / ${VAR:-default} in every string of a parsed YAML tree."""
+    if isinstance(node, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, f"{path}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str):
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{path}: environment variable {name} is not set")
+        return _ENV_REF.sub(repl, node)
+    return node
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key}: {msg} (got {e.get('input')!r})" if e["type"] != "missing" else f"{key}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_config(data: Any) -> Config:
+    """Validate an already parsed YAML tree (after env expansion) into a :class:`Config`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"(top level): expected a mapping of sections, got {type(data).__name__}")
+    data = _expand_env(data, "")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read, expand and validate a YAML config file; ``None`` gives all defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config file: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    return parse_config(data)
+
+
+def effective_config_yaml(cfg: Config) -> str:
+    """The effective configuration as YAML with secrets masked."""
+    data = cfg.model_dump(mode="json")  # SecretStr dumps as '**********'
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)

@@ -1,0 +1,206 @@
+"""The detector: readings in, forecasts, anomaly scores and alert events out.
+
+This is the transport-free core that the Kafka worker and the offline commands wrap.
+A batch is grouped by sensor and ordered by timestamp; its ``k``-th reading of every
+sensor forms wave ``k``. Per-sensor bookkeeping (normaliser, scorer, alerter) runs one
+vectorised numpy step per wave, and the GRU runs once per batch over all sensors'
+(packed) sequences, so there is never a torch call per message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .alerts import Alerter, AlertEvent
+from .features import FeatureBuilder, N_FEATURES
+from .model import GRUForecaster
+from .scoring import Scorer
+from .state import CapacityError, Column, StateBank
+
+__all__ = ["Detector", "ScoreResult"]
+
+
+@dataclass
+class ScoreResult:
+    """Per-reading results in input order, and the alert events of the batch.
+
+    Readings at or before their sensor's last timestamp are not scored:
+    ``accepted`` is False for them and their numbers are NaN.
+    """
+
+    accepted: np.ndarray
+    forecast: np.ndarray
+    forecast_std: np.ndarray
+    residual: np.ndarray
+    score: np.ndarray
+    is_anomaly: np.ndarray
+    events: list[AlertEvent] = field(default_factory=list)
+    event_index: list[int] = field(default_factory=list)
+
+    @property
+    def n_scored(self) -> int:
+        """How many readings were scored."""
+        return int(self.accepted.sum())
+
+
+class Detector:
+    """Stateful streaming detector for many sensors; see the module docstring."""
+
+    def __init__(self, model: GRUForecaster, model_version: str = "0", features: FeatureBuilder | None = None,
+                 scorer: Scorer | None = None, alerter: Alerter | None = None, max_sensors: int = 100_000,
+                 initial_capacity: int = 1024) -> None:
+        self.model = model.eval()
+        self.model_version = str(model_version)
+        self.features = features or FeatureBuilder()
+        self.scorer = scorer or Scorer()
+        self.alerter = alerter or Alerter()
+        cols = [
+            Column("h", "float32", 0.0, (model.state_size,)),
+            Column("fc_mean", "float64", np.nan),
+            Column("fc_std", "float64", np.nan),
+        ]
+        cols += self.features.columns() + self.scorer.columns() + self.alerter.columns()
+        self.bank = StateBank(cols, max_sensors=max_sensors, initial_capacity=initial_capacity)
+
+    @classmethod
+    def from_config(cls, cfg: "Config", model: GRUForecaster, model_version: str) -> "Detector":  # noqa: F821
+        """Build a detector from the ``scoring``, ``alerts`` and ``state`` settings."""
+        s, a = cfg.scoring, cfg.alerts
+        return cls(
+            model,
+            model_version,
+            FeatureBuilder(s.normaliser_halflife),
+            Scorer(s.calibration_halflife, s.calibration_clip, s.stuck_readings, s.tail_halflife, s.tail_prior_weight, s.learn_after),
+            Alerter(a.threshold, a.resolve_threshold, a.warmup_readings, a.open_after, a.resolve_after, a.cooldown_seconds),
+            max_sensors=cfg.state.max_sensors,
+            initial_capacity=cfg.state.initial_capacity,
+        )
+
+    @property
+    def active_sensors(self) -> int:
+        """Sensors currently held in the state bank."""
+        return len(self.bank)
+
+    def process(self, sensor_ids: Sequence[str], ts: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray) -> ScoreResult:
+        """Score a batch of readings (any order, any mix of sensors)."""
+        ts = np.asarray(ts, dtype=np.float64)
+        values = np.asarray(values, dtype=np.float64)
+        n = len(sensor_ids)
+        if not (len(ts) == len(values) == n):
+            raise ValueError("sensor_ids, ts and values must have the same length")
+        try:
+            return self._process(sensor_ids, ts, values)
+        except CapacityError:
+            if n < 2:
+                raise
+            # More distinct sensors than the bank holds: score the batch in halves.
+            h = n // 2
+            return _concat(self.process(sensor_ids[:h], ts[:h], values[:h]), self.process(sensor_ids[h:], ts[h:], values[h:]), h)
+
+    def _process(self, sensor_ids: Sequence[str], ts: np.ndarray, values: np.ndarray) -> ScoreResult:
+        n = len(sensor_ids)
+        res = ScoreResult(
+            accepted=np.zeros(n, dtype=bool),
+            forecast=np.full(n, np.nan), forecast_std=np.full(n, np.nan),
+            residual=np.full(n, np.nan), score=np.full(n, np.nan),
+            is_anomaly=np.zeros(n, dtype=bool),
+        )
+        if n == 0:
+            return res
+        bank = self.bank
+        cols = bank.arrays
+        slots = bank.assign(sensor_ids)
+        cols = bank.arrays  # assign may have grown the arrays
+
+        # Group by sensor, order by time (stable on arrival); drop replays/duplicates.
+        order = np.lexsort((np.arange(n), ts, slots))
+        s_sorted, t_sorted = slots[order], ts[order]
+        first = np.ones(n, dtype=bool)
+        first[1:] = s_sorted[1:] != s_sorted[:-1]
+        stale = t_sorted <= cols["last_ts"][s_sorted]
+        stale[1:] |= ~first[1:] & (t_sorted[1:] == t_sorted[:-1])
+        keep = order[~stale]
+        m = len(keep)
+        if m == 0:
+            return res
+        ks, kt, kv = slots[keep], ts[keep], values[keep]
+        first = np.ones(m, dtype=bool)
+        first[1:] = ks[1:] != ks[:-1]
+        starts = np.flatnonzero(first)
+        lengths = np.diff(np.append(starts, m))
+        group = np.cumsum(first) - 1
+        wave = np.arange(m) - starts[group]
+        uslots = ks[starts]
+        n_waves = int(lengths.max())
+        waves = [starts[lengths > k] + k for k in range(n_waves)]
+
+        # Phase A: normaliser and features, wave by wave.
+        x = np.empty((m, N_FEATURES), dtype=np.float32)
+        mean_after = np.empty(m)
+        std_after = np.empty(m)
+        count_after = np.empty(m, dtype=np.int64)
+        for sel in waves:
+            x[sel], mean_after[sel], std_after[sel] = self.features.step(cols, ks[sel], kt[sel], kv[sel])
+            count_after[sel] = cols["count"][ks[sel]]
+
+        # Phase B: one GRU pass over every sensor's sequence in this batch.
+        xp = np.zeros((len(uslots), n_waves, N_FEATURES), dtype=np.float32)
+        xp[group, wave] = x
+        with torch.inference_mode():
+            mz, logvar, h_n = self.model(torch.from_numpy(xp), torch.from_numpy(cols["h"][uslots]), torch.from_numpy(lengths))
+        cols["h"][uslots] = h_n.numpy()
+        mz = mz.numpy()[group, wave].astype(np.float64)
+        sz = np.exp(0.5 * logvar.numpy()[group, wave].astype(np.float64))
+        next_mean = mean_after + std_after * mz
+        next_std = std_after * sz
+        # The forecast for a reading was made at the sensor's previous reading.
+        fc_mean = np.empty(m)
+        fc_std = np.empty(m)
+        fc_mean[1:], fc_std[1:] = next_mean[:-1], next_std[:-1]
+        fc_mean[starts], fc_std[starts] = cols["fc_mean"][uslots], cols["fc_std"][uslots]
+        last = starts + lengths - 1
+        cols["fc_mean"][uslots], cols["fc_std"][uslots] = next_mean[last], next_std[last]
+
+        # Phase C: scores and alert decisions, wave by wave (both are sequential in time).
+        residual = np.empty(m)
+        score = np.empty(m)
+        high = np.zeros(m, dtype=bool)
+        opened = np.zeros(m, dtype=bool)
+        resolved = np.zeros(m, dtype=bool)
+        opened_ts = np.empty(m)
+        peak = np.empty(m)
+        for sel in waves:
+            sl = ks[sel]
+            residual[sel], score[sel] = self.scorer.step(cols, sl, kv[sel], fc_mean[sel], fc_std[sel])
+            high[sel], opened[sel], resolved[sel] = self.alerter.step(cols, sl, kt[sel], score[sel], count_after[sel])
+            opened_ts[sel], peak[sel] = cols["opened_ts"][sl], cols["peak_score"][sl]
+
+        res.accepted[keep] = True
+        res.forecast[keep] = fc_mean
+        res.forecast_std[keep] = fc_std
+        res.residual[keep] = residual
+        res.score[keep] = np.clip(score, 0.0, 1.0)
+        res.is_anomaly[keep] = high
+        for p in np.flatnonzero(opened | resolved).tolist():
+            i = int(keep[p])
+            res.events.append(AlertEvent(
+                sensor_id=str(sensor_ids[i]), ts=float(kt[p]), value=float(kv[p]), forecast=float(fc_mean[p]),
+                residual=float(residual[p]), anomaly_score=float(res.score[i]), threshold=self.alerter.threshold,
+                model_version=self.model_version, event="open" if opened[p] else "resolved",
+                opened_ts=float(opened_ts[p]), peak_score=float(min(peak[p], 1.0)),
+            ))
+            res.event_index.append(i)
+        return res
+
+
+def _concat(a: ScoreResult, b: ScoreResult, offset: int) -> ScoreResult:
+    return ScoreResult(
+        accepted=np.concatenate([a.accepted, b.accepted]), forecast=np.concatenate([a.forecast, b.forecast]),
+        forecast_std=np.concatenate([a.forecast_std, b.forecast_std]), residual=np.concatenate([a.residual, b.residual]),
+        score=np.concatenate([a.score, b.score]), is_anomaly=np.concatenate([a.is_anomaly, b.is_anomaly]),
+        events=a.events + b.events, event_index=a.event_index + [i + offset for i in b.event_index],
+    )

@@ -1,0 +1,99 @@
+"""Prometheus metrics of the worker and the HTTP endpoint that serves them.
+
+Names follow Prometheus conventions: a ``streamrnn_`` prefix, ``_total`` counters,
+``_seconds`` durations in base units. Label sets are bounded: topics, partitions,
+reasons and event kinds, never one label per sensor. The same server answers
+``/healthz`` (the process is alive) and ``/readyz`` (partitions assigned, broker
+reachable, model loaded).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from socketserver import ThreadingMixIn
+from typing import Callable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+__all__ = ["WorkerMetrics", "MetricsServer"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class WorkerMetrics:
+    """Every metric the worker exports, on its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.messages_consumed = Counter("streamrnn_messages_consumed", "Kafka messages consumed.", ["topic"], registry=r)
+        self.readings_scored = Counter("streamrnn_readings_scored", "Readings scored by the detector.", registry=r)
+        self.readings_dropped = Counter("streamrnn_readings_dropped", "Readings dropped without scoring (counted, not dead-lettered).", ["reason"], registry=r)
+        self.alert_events = Counter("streamrnn_alert_events", "Alert events emitted.", ["event"], registry=r)
+        self.dead_letters = Counter("streamrnn_dead_letters", "Messages sent to the dead-letter topic.", ["reason"], registry=r)
+        self.consumer_lag = Gauge("streamrnn_consumer_lag", "Messages behind the partition high watermark.", ["topic", "partition"], registry=r)
+        self.batch_seconds = Histogram("streamrnn_scoring_batch_duration_seconds", "Time to score one poll batch.", buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("streamrnn_scoring_batch_readings", "Readings in one scored batch.", buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 50000), registry=r)
+        self.active_sensors = Gauge("streamrnn_active_sensors", "Sensors held in the state bank.", registry=r)
+        self.sensors_evicted = Counter("streamrnn_sensors_evicted", "Sensors evicted from the state bank (least recently seen beyond max_sensors).", registry=r)
+        self.model_info = Gauge("streamrnn_model_info", "Serving model version (value 1).", ["version"], registry=r)
+        self.checkpoint_seconds = Histogram("streamrnn_checkpoint_duration_seconds", "Time to write a state checkpoint.", buckets=_LATENCY_BUCKETS, registry=r)
+        self.checkpoint_bytes = Gauge("streamrnn_checkpoint_size_bytes", "Size of the last state checkpoint.", registry=r)
+        self.last_checkpoint = Gauge("streamrnn_last_checkpoint_timestamp_seconds", "Unix time of the last successful checkpoint.", registry=r)
+        self.offset_commits = Counter("streamrnn_offset_commits", "Offset commits by result.", ["result"], registry=r)
+        self.broker_up = Gauge("streamrnn_broker_up", "1 when the broker answered the last request, else 0.", registry=r)
+        self.broker_retries = Counter("streamrnn_broker_connection_retries", "Attempts to reach an unreachable broker.", registry=r)
+        self.assigned_partitions = Gauge("streamrnn_assigned_partitions", "Partitions assigned to this worker.", registry=r)
+        self.produce_errors = Counter("streamrnn_produce_errors", "Alert or dead-letter records the producer failed to deliver.", ["topic_kind"], registry=r)
+        self._model_version: str | None = None
+
+    def set_model_version(self, version: str) -> None:
+        """Expose the serving model version as the only ``streamrnn_model_info`` series."""
+        if self._model_version is not None:
+            self.model_info.remove(self._model_version)
+        self.model_info.labels(version=version).set(1)
+        self._model_version = version
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # scrapes every few seconds: do not log each
+        pass
+
+
+class MetricsServer:
+    """Serves ``/metrics``, ``/healthz`` and ``/readyz`` in a background thread."""
+
+    def __init__(self, metrics: WorkerMetrics, ready: Callable[[], dict[str, bool]], host: str = "0.0.0.0", port: int = 9108) -> None:
+        self._metrics_app = make_wsgi_app(metrics.registry)
+        self._ready = ready
+        self._server = make_server(host, port, self._app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+        self.port = self._server.server_port
+        self.host = host
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+
+    def _app(self, environ: dict, start_response: Callable) -> list[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        if path == "/readyz":
+            checks = self._ready()
+            ok = all(checks.values())
+            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
+            return [json.dumps({"ready": ok, "checks": checks}).encode() + b"\n"]
+        return self._metrics_app(environ, start_response)
+
+    def start(self) -> "MetricsServer":
+        """Start serving; returns self."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,167 @@
+"""The Kafka edge: poll record batches, commit offsets, produce records, read lag.
+
+This is the only module that imports a Kafka client. It is kept narrow (plain
+:class:`Record` tuples in, topic/partition/offset dicts out) so that a librdkafka
+based client can replace kafka-python behind the same methods.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Iterable, NamedTuple
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from .config import KafkaConfig
+
+__all__ = ["Record", "KafkaTransport", "KafkaError", "Partition"]
+
+log = logging.getLogger(__name__)
+
+Partition = tuple[str, int]
+
+
+class Record(NamedTuple):
+    """One consumed message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def client_settings(cfg: KafkaConfig) -> dict[str, object]:
+    """Connection settings shared by consumer, producer and admin client."""
+    s: dict[str, object] = {
+        "bootstrap_servers": list(cfg.bootstrap_servers),
+        "client_id": cfg.client_id,
+        "security_protocol": cfg.security_protocol,
+        "request_timeout_ms": cfg.request_timeout_ms,
+        "reconnect_backoff_ms": int(cfg.reconnect_backoff_initial_seconds * 1000),
+        "reconnect_backoff_max_ms": int(cfg.reconnect_backoff_max_seconds * 1000),
+    }
+    if cfg.security_protocol.startswith("SASL"):
+        s["sasl_mechanism"] = cfg.sasl_mechanism
+        s["sasl_plain_username"] = cfg.sasl_plain_username
+        s["sasl_plain_password"] = cfg.sasl_plain_password.get_secret_value() if cfg.sasl_plain_password else None
+    if cfg.security_protocol in ("SSL", "SASL_SSL"):
+        s.update(ssl_cafile=cfg.ssl_cafile, ssl_certfile=cfg.ssl_certfile, ssl_keyfile=cfg.ssl_keyfile,
+                 ssl_password=cfg.ssl_password.get_secret_value() if cfg.ssl_password else None,
+                 ssl_check_hostname=cfg.ssl_check_hostname)
+    return s
+
+
+@dataclass
+class _Listener(ConsumerRebalanceListener):
+    on_assign: Callable[[list[Partition]], None]
+    on_revoke: Callable[[list[Partition]], None]
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self.on_revoke([(tp.topic, tp.partition) for tp in revoked])
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.on_assign([(tp.topic, tp.partition) for tp in assigned])
+
+
+class KafkaTransport:
+    """A group consumer over the configured topics plus one producer.
+
+    Construction connects; it raises :class:`KafkaError` when the broker cannot be
+    reached, and the caller retries with backoff.
+    """
+
+    def __init__(self, cfg: KafkaConfig, on_assign: Callable[[list[Partition]], None],
+                 on_revoke: Callable[[list[Partition]], None]) -> None:
+        self.cfg = cfg
+        common = client_settings(cfg)
+        self.consumer = KafkaConsumer(
+            group_id=cfg.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=cfg.auto_offset_reset,
+            session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+            max_poll_interval_ms=cfg.max_poll_interval_ms,
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+            max_poll_records=cfg.max_poll_records,
+            check_crcs=cfg.check_crcs,
+            **common,
+        )
+        try:
+            self.producer = KafkaProducer(
+                acks="all" if cfg.producer_acks == "all" else int(cfg.producer_acks),
+                linger_ms=cfg.producer_linger_ms,
+                **common,
+            )
+        except Exception:
+            self.consumer.close()
+            raise
+        self.consumer.subscribe(list(cfg.topics), listener=_Listener(on_assign, on_revoke))
+
+    def poll(self, timeout_ms: int) -> list[Record]:
+        """One batch of records across the assigned partitions (may be empty)."""
+        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.max_poll_records)
+        out: list[Record] = []
+        for recs in batches.values():
+            out.extend(Record(r.topic, r.partition, r.offset, r.key, r.value) for r in recs)
+        return out
+
+    def commit(self, offsets: dict[Partition, int]) -> None:
+        """Commit ``next offset to read`` per partition, synchronously."""
+        if offsets:
+            self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+
+    def produce(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None,
+                on_error: Callable[[Exception], None] | None = None) -> None:
+        """Queue a record; delivery failures go to ``on_error``."""
+        fut = self.producer.send(topic, key=key, value=value, headers=headers or None)
+        if on_error is not None:
+            fut.add_errback(on_error)
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait until every queued record is acknowledged (raises KafkaError on timeout)."""
+        self.producer.flush(timeout=timeout_s)
+
+    def assignment(self) -> list[Partition]:
+        """Partitions currently assigned to this member."""
+        return sorted((tp.topic, tp.partition) for tp in self.consumer.assignment())
+
+    def lag(self) -> dict[Partition, int]:
+        """Messages behind the high watermark per assigned partition, where known.
+
+        Computed from the high watermark that fetch responses carry; ListOffsets-based
+        ``end_offsets`` is not used (some Kafka-compatible brokers answer it wrongly).
+        """
+        out: dict[Partition, int] = {}
+        for tp in self.consumer.assignment():
+            hw = self.consumer.highwater(tp)
+            if hw is None:
+                continue
+            try:
+                pos = self.consumer.position(tp, timeout_ms=0)
+            except KafkaError:
+                continue
+            if pos is not None:
+                out[(tp.topic, tp.partition)] = max(0, hw - pos)
+        return out
+
+    def broker_reachable(self) -> bool:
+        """True while a connection to at least one broker is up."""
+        try:
+            client = self.consumer._client  # kafka-python exposes no public connection state
+            brokers = client.cluster.brokers()
+            return any(client.connected(b.nodeId) for b in brokers) or client.bootstrap_connected()
+        except Exception:  # private API changed: do not report an outage we cannot see
+            return True
+
+    def close(self) -> None:
+        """Leave the group and close both clients."""
+        try:
+            self.producer.close(timeout=10)
+        finally:
+            self.consumer.close(autocommit=False)
+

@@ -1,0 +1,288 @@
+"""The Kafka worker: poll, decode, score, alert, checkpoint, then commit.
+
+Order of durability for every batch: alerts and dead letters are acknowledged by the
+broker, then the state that reflects the batch is checkpointed, and only then are
+its offsets committed. A crash at any point therefore replays readings into a state
+that has not seen them (or drops them as already seen), and no alert is lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import numpy as np
+import orjson
+import torch
+from tenacity import RetryCallState, retry, retry_if_exception_type, stop_any, wait_exponential_jitter
+
+from .checkpoint import CheckpointError, LocalCheckpointStore
+from .config import Config
+from .core import AlertEvent, Detector, default_model_path, load_model
+from .messages import MessageDecoder, Reason
+from .metrics import MetricsServer, WorkerMetrics
+from .transport import KafkaError, KafkaTransport, Partition, Record
+
+__all__ = ["Worker", "load_detector"]
+
+log = logging.getLogger(__name__)
+alert_log = logging.getLogger("streamrnn.alerts")
+
+_FLUSH_TIMEOUT_S = 10.0
+
+
+def load_detector(cfg: Config) -> Detector:
+    """The detector with the configured model file, or the packaged default."""
+    path = Path(cfg.model.path) if cfg.model.path else default_model_path()
+    mf = load_model(path)
+    log.info("loaded model %s from %s (sha256 %s)", mf.version, path, mf.sha256[:12])
+    return Detector.from_config(cfg, mf.model, mf.version)
+
+
+class Worker:
+    """Runs the detector over the configured Kafka topics until asked to stop."""
+
+    def __init__(self, cfg: Config, detector: Detector | None = None, metrics: WorkerMetrics | None = None) -> None:
+        self.cfg = cfg
+        torch.set_num_threads(cfg.model.threads)
+        self.detector = detector or load_detector(cfg)
+        self.decoder = MessageDecoder(cfg.message.sensor_field, cfg.message.time_field, cfg.message.value_field)
+        self.metrics = metrics or WorkerMetrics()
+        self.metrics.set_model_version(self.detector.model_version)
+        self.store = LocalCheckpointStore(cfg.state.dir)
+        self.transport: KafkaTransport | None = None
+        self.server: MetricsServer | None = None
+        self._stop = threading.Event()
+        self._pending: dict[Partition, int] = {}
+        self._dirty = False
+        self._last_checkpoint = time.monotonic()
+        self._evicted_seen = 0
+        self._broker_up = False
+        self._lag_labels: set[Partition] = set()
+        self._assigned: set[Partition] = set()
+
+    # -- lifecycle --------------------------------------------------------------
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        """Finish the current batch, checkpoint, commit and return from :meth:`run`."""
+        if signum is not None:
+            log.info("signal %s received: finishing the batch and stopping", signal.Signals(signum).name)
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop the worker cleanly."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self) -> int:
+        """Serve until stopped; returns the process exit code (0 on a clean stop)."""
+        self._restore()
+        if self.cfg.metrics.enabled:
+            self.server = MetricsServer(self.metrics, self.readiness, self.cfg.metrics.host, self.cfg.metrics.port).start()
+            log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.host, self.server.port)
+        try:
+            self.transport = self._connect()
+            if self.transport is None:
+                return 0  # stopped while the broker was still unreachable
+            self._set_broker_up(True)
+            log.info("consuming %s as group %s", ",".join(self.cfg.kafka.topics), self.cfg.kafka.group_id)
+            interval = self.cfg.state.checkpoint_interval_seconds
+            while not self._stop.is_set():
+                records = self.transport.poll(self.cfg.kafka.poll_timeout_ms)
+                if records:
+                    self.handle_batch(records)
+                self._observe()
+                if self._dirty and time.monotonic() - self._last_checkpoint >= interval:
+                    self.checkpoint_and_commit()
+            self.checkpoint_and_commit()
+            return 0
+        finally:
+            if self.transport is not None:
+                try:
+                    self.transport.close()
+                except Exception as e:  # closing must not turn a clean stop into a crash
+                    log.warning("closing Kafka clients: %s", e)
+            if self.server is not None:
+                self.server.stop()
+            log.info("stopped")
+
+    def _connect(self) -> KafkaTransport | None:
+        k = self.cfg.kafka
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.metrics.broker_retries.inc()
+            self._set_broker_up(False)
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("broker %s unreachable (%s); retry %d in %.1fs", ",".join(k.bootstrap_servers), exc,
+                        state.attempt_number, state.next_action.sleep if state.next_action else 0)
+
+        @retry(retry=retry_if_exception_type((KafkaError, OSError)),
+               wait=wait_exponential_jitter(initial=k.reconnect_backoff_initial_seconds, max=k.reconnect_backoff_max_seconds),
+               stop=stop_any(lambda _s: self._stop.is_set()), before_sleep=before_sleep, sleep=self._stop.wait,
+               reraise=True)
+        def connect() -> KafkaTransport | None:
+            if self._stop.is_set():
+                return None
+            return KafkaTransport(k, self._on_assign, self._on_revoke)
+
+        try:
+            return connect()
+        except (KafkaError, OSError):
+            return None  # only reached when a stop was requested during the retries
+
+    # -- the batch ----------------------------------------------------------------
+    def handle_batch(self, records: list[Record]) -> None:
+        """Decode, score and alert one poll batch; remember its offsets for the next commit."""
+        t0 = time.perf_counter()
+        for topic, n in collections.Counter(r.topic for r in records).items():
+            self.metrics.messages_consumed.labels(topic=topic).inc(n)
+        decoded = self.decoder.decode([r.value for r in records])
+        for rej in decoded.rejections:
+            self._dead_letter(records[rej.index], rej.reason, rej.detail)
+
+        res = self.detector.process(decoded.sensor_ids, decoded.ts, decoded.values)
+        stale = np.flatnonzero(~res.accepted)
+        if len(stale):
+            if self.cfg.message.out_of_order == "dead_letter":
+                for i in stale.tolist():
+                    self._dead_letter(records[decoded.index[i]], Reason.OUT_OF_ORDER,
+                                      "timestamp at or before the sensor's last reading")
+            else:
+                self.metrics.readings_dropped.labels(reason=Reason.OUT_OF_ORDER).inc(len(stale))
+        for ev in res.events:
+            self._publish(ev)
+
+        self._pending.update({(r.topic, r.partition): r.offset + 1 for r in records})
+        self._dirty = True
+        m = self.metrics
+        m.readings_scored.inc(res.n_scored)
+        m.batch_seconds.observe(time.perf_counter() - t0)
+        m.batch_size.observe(len(records))
+        m.active_sensors.set(self.detector.active_sensors)
+        evicted = self.detector.bank.evicted_total
+        if evicted > self._evicted_seen:
+            m.sensors_evicted.inc(evicted - self._evicted_seen)
+            self._evicted_seen = evicted
+
+    def _dead_letter(self, rec: Record, reason: str, detail: str) -> None:
+        # Kafka Connect's convention: the original bytes untouched, context in headers.
+        headers = [
+            ("streamrnn.reason", reason.encode()),
+            ("streamrnn.detail", detail.encode("utf-8", "replace")),
+            ("streamrnn.topic", rec.topic.encode()),
+            ("streamrnn.partition", str(rec.partition).encode()),
+            ("streamrnn.offset", str(rec.offset).encode()),
+        ]
+        assert self.transport is not None
+        self.transport.produce(self.cfg.kafka.dead_letter_topic, rec.key, rec.value if rec.value is not None else b"",
+                               headers, on_error=self._produce_failed("dead_letter"))
+        self.metrics.dead_letters.labels(reason=reason).inc()
+
+    def _publish(self, ev: AlertEvent) -> None:
+        assert self.transport is not None
+        self.transport.produce(self.cfg.kafka.alerts_topic, ev.sensor_id.encode(), orjson.dumps(ev.to_dict()),
+                               on_error=self._produce_failed("alert"))
+        self.metrics.alert_events.labels(event=ev.event).inc()
+        if self.cfg.alerts.log:
+            alert_log.warning("alert %s sensor=%s ts=%.3f value=%.6g forecast=%.6g score=%.6f model=%s", ev.event,
+                              ev.sensor_id, ev.ts, ev.value, ev.forecast, ev.anomaly_score, ev.model_version)
+
+    def _produce_failed(self, kind: str):
+        def errback(exc: Exception) -> None:
+            self.metrics.produce_errors.labels(topic_kind=kind).inc()
+            log.error("failed to deliver %s record: %s", kind, exc)
+        return errback
+
+    # -- durability -----------------------------------------------------------------
+    def checkpoint_and_commit(self) -> bool:
+        """Flush produced records, save the state, then commit offsets. True on success."""
+        if self.transport is None or not self._dirty:
+            return True
+        try:
+            self.transport.flush(_FLUSH_TIMEOUT_S)
+        except KafkaError as e:
+            # Alerts not acknowledged yet: keep the old checkpoint so a crash replays them.
+            log.warning("producer flush failed, checkpoint postponed: %s", e)
+            self._set_broker_up(False)
+            return False
+        offsets = dict(self._pending)
+        t0 = time.perf_counter()
+        size = self.store.save(self.detector.bank.snapshot(), offsets, self.detector.model_version)
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+        self.metrics.checkpoint_bytes.set(size)
+        self.metrics.last_checkpoint.set(time.time())
+        self._last_checkpoint = time.monotonic()
+        self._dirty = False
+        try:
+            self.transport.commit(offsets)
+        except KafkaError as e:
+            # The saved state is ahead of the committed offsets: replayed readings are
+            # recognised as already seen, so nothing is scored twice.
+            self.metrics.offset_commits.labels(result="failed").inc()
+            log.warning("offset commit failed (will retry at the next checkpoint): %s", e)
+            self._dirty = True
+            return False
+        for tp, off in offsets.items():
+            if self._pending.get(tp) == off:
+                del self._pending[tp]
+        self.metrics.offset_commits.labels(result="ok").inc()
+        return True
+
+    def _restore(self) -> None:
+        try:
+            loaded = self.store.load()
+        except (CheckpointError, OSError, ValueError) as e:
+            log.error("checkpoint unusable, starting with fresh sensor state: %s", e)
+            return
+        if loaded is None:
+            return
+        snap, meta = loaded
+        n = self.detector.bank.restore(snap)
+        self.metrics.active_sensors.set(self.detector.active_sensors)
+        log.info("restored %d sensors from %s (model %s)", n, self.store.path, meta.get("model_version"))
+
+    def _on_revoke(self, partitions: list[Partition]) -> None:
+        log.info("partitions revoked: %s", partitions)
+        self.checkpoint_and_commit()
+        for tp in partitions:
+            self._pending.pop(tp, None)
+        self._assigned -= set(partitions)
+
+    def _on_assign(self, partitions: list[Partition]) -> None:
+        log.info("partitions assigned: %s", partitions)
+        self._assigned = set(partitions)
+        self.metrics.assigned_partitions.set(len(partitions))
+        for tp in self._lag_labels - set(partitions):
+            self.metrics.consumer_lag.remove(tp[0], str(tp[1]))
+        self._lag_labels &= set(partitions)
+
+    # -- observation ------------------------------------------------------------------
+    def _observe(self) -> None:
+        assert self.transport is not None
+        for (topic, part), lag in self.transport.lag().items():
+            self.metrics.consumer_lag.labels(topic=topic, partition=str(part)).set(lag)
+            self._lag_labels.add((topic, part))
+        self._set_broker_up(self.transport.broker_reachable())
+
+    def _set_broker_up(self, up: bool) -> None:
+        if up != self._broker_up:
+            (log.info if up else log.warning)("broker %s", "reachable" if up else "unreachable")
+        self._broker_up = up
+        self.metrics.broker_up.set(1 if up else 0)
+
+    def readiness(self) -> dict[str, bool]:
+        """The checks behind /readyz."""
+        return {
+            "partitions_assigned": bool(self._assigned),
+            "broker_reachable": self._broker_up,
+            "model_loaded": self.detector is not None,
+        }
+
+    def lag(self) -> dict[Partition, int]:
+        """Current lag per assigned partition (for benchmarks and the demo)."""
+        return self.transport.lag() if self.transport else {}
+
