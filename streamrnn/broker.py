@@ -50,9 +50,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedBroker:
     """Starts tansu on a free loopback port and stops it by PID."""
 
-    def __init__(self, host: str = "127.0.0.1", log_path: str | Path | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", log_path: str | Path | None = None, port: int = 0) -> None:
+        """``port`` 0 picks a free one (and retries on a clash); otherwise that port is used."""
         self.host = host
-        self.port = 0
+        self.port = port
+        self._fixed_port = port != 0
         self.cluster_id = ""
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_path = log_path
@@ -70,7 +72,8 @@ class EmbeddedBroker:
         binary = tansu_binary()
         last_err: Exception | None = None
         for _ in range(attempts):
-            self.port = free_port(self.host)
+            if not self._fixed_port:
+                self.port = free_port(self.host)
             self.cluster_id = f"streamrnn-{uuid.uuid4().hex[:8]}"
             url = f"tcp://{self.host}:{self.port}"
             self._log = open(self._log_path, "ab") if self._log_path else None

@@ -17,7 +17,9 @@ log = logging.getLogger("streamrnn")
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, getattr(logging, level)))
+    # kafka-python logs every refused connection at ERROR; the worker reports broker
+    # outages itself (log line + streamrnn_broker_up), so keep the client quiet.
+    logging.getLogger("kafka").setLevel(logging.DEBUG if level == "DEBUG" else logging.CRITICAL)
 
 
 def _load(path: str | None) -> Config:

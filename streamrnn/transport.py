@@ -42,6 +42,7 @@ def client_settings(cfg: KafkaConfig) -> dict[str, object]:
         "client_id": cfg.client_id,
         "security_protocol": cfg.security_protocol,
         "request_timeout_ms": cfg.request_timeout_ms,
+        "bootstrap_timeout_ms": int(cfg.connect_timeout_seconds * 1000),
         "reconnect_backoff_ms": int(cfg.reconnect_backoff_initial_seconds * 1000),
         "reconnect_backoff_max_ms": int(cfg.reconnect_backoff_max_seconds * 1000),
     }

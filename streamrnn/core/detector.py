@@ -185,7 +185,9 @@ class Detector:
         res.residual[keep] = residual
         res.score[keep] = np.clip(score, 0.0, 1.0)
         res.is_anomaly[keep] = high
-        for p in np.flatnonzero(opened | resolved).tolist():
+        ev_pos = np.flatnonzero(opened | resolved)
+        ev_pos = ev_pos[np.argsort(kt[ev_pos], kind="stable")]  # events in time order
+        for p in ev_pos.tolist():
             i = int(keep[p])
             res.events.append(AlertEvent(
                 sensor_id=str(sensor_ids[i]), ts=float(kt[p]), value=float(kv[p]), forecast=float(fc_mean[p]),

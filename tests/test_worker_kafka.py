@@ -1,0 +1,200 @@
+"""The worker against a real broker (tansu), in a subprocess, as operators run it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+
+from streamrnn.broker import EmbeddedBroker, free_port
+from streamrnn.checkpoint import LocalCheckpointStore
+from streamrnn.core import Detector, default_model_path, load_model
+from streamrnn.synthetic import SensorFleet
+
+from .conftest import consume_all, produce, worker_config
+
+pytestmark = pytest.mark.kafka
+
+ALERT_FIELDS = {"sensor_id", "ts", "value", "forecast", "residual", "anomaly_score", "threshold", "model_version", "event"}
+
+
+def as_messages(df) -> list[tuple[bytes, bytes]]:
+    return [(s.encode(), orjson.dumps({"sensor_id": s, "ts": t, "value": v}))
+            for s, t, v in zip(df.sensor_id.tolist(), df.ts.tolist(), df.value.tolist())]
+
+
+def committed_offsets(kafka: EmbeddedBroker, group: str, topic: str, partitions: int) -> dict[int, int]:
+    c = KafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return {p: c.committed(TopicPartition(topic, p)) or 0 for p in range(partitions)}
+    finally:
+        c.close()
+
+
+def test_end_to_end_alerts_on_injected_anomalies(kafka: EmbeddedBroker, tmp_path: Path, run_worker) -> None:
+    topic = "e2e"
+    kafka.create_topics({topic: 4, f"{topic}-alerts": 1, f"{topic}-dlq": 1})
+    fleet = SensorFleet(30, seed=21, anomaly_rate=0.0006, clean_ticks=300, min_gap=600)
+    df = fleet.frame(2000)
+    anomalies = fleet.all_anomalies()
+    produce(kafka, topic, as_messages(df))
+
+    cfg, port = worker_config(kafka, tmp_path, topic)
+    w = run_worker(cfg, port)
+    w.wait_metric("streamrnn_readings_scored_total", len(df), timeout=120)
+    lag = {}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (len(lag) < 4 or any(lag.values())):
+        lag = {p: w.metric("streamrnn_consumer_lag", {"topic": topic, "partition": str(p)}) for p in range(4)}
+        time.sleep(0.2)
+    assert lag == {0: 0, 1: 0, 2: 0, 3: 0}
+    n_events = int(w.metric("streamrnn_alert_events_total"))
+    alerts = [r for r in consume_all(kafka, f"{topic}-alerts", expect=n_events)]
+    assert w.terminate() == 0
+
+    events = [orjson.loads(r.value) for r in alerts]
+    assert len(events) == n_events > 0
+    for r, e in zip(alerts, events):
+        assert ALERT_FIELDS <= set(e) and r.key == e["sensor_id"].encode()
+        assert e["event"] in ("open", "resolved") and e["model_version"] == "default-1"
+        assert 0 <= e["anomaly_score"] <= 1
+    opens = [e for e in events if e["event"] == "open"]
+
+    # Recall: an anomaly counts as detected when its sensor opens an alert between its
+    # start and ten readings after its end.
+    slack = 10 * 60.0
+    def near(e, a) -> bool:
+        return e["sensor_id"] == a.sensor_id and a.start_ts <= e["ts"] <= a.end_ts + slack
+    detected = [a for a in anomalies if any(near(e, a) for e in opens)]
+    false_opens = [e for e in opens if not any(near(e, a) for a in anomalies)]
+    normal = int((~df.is_anomalous).sum())
+    recall = len(detected) / len(anomalies)
+    false_per_1000 = 1000 * len(false_opens) / normal
+    print(f"\nE2E: {len(anomalies)} anomalies, recall {recall:.3f}, {len(false_opens)} false alerts "
+          f"= {false_per_1000:.3f} per 1000 normal readings ({normal} normal readings)")
+    assert len(anomalies) >= 20
+    assert recall >= 0.65
+    assert false_per_1000 <= 0.5
+
+    # The daemon's alerts are exactly what the offline detector finds in the same stream.
+    mf = load_model(default_model_path())
+    det = Detector(mf.model, mf.version)
+    res = det.process(df.sensor_id.tolist(), df.ts.to_numpy(), df.value.to_numpy())
+    offline = sorted((e.sensor_id, e.ts, e.event) for e in res.events)
+    assert sorted((e["sensor_id"], e["ts"], e["event"]) for e in events) == offline
+
+
+def test_malformed_messages_go_to_the_dead_letter_topic(kafka: EmbeddedBroker, tmp_path: Path, run_worker) -> None:
+    topic = "dlq"
+    kafka.create_topics({topic: 2, f"{topic}-alerts": 1, f"{topic}-dlq": 1})
+    good = [(b"s1", orjson.dumps({"sensor_id": "s1", "ts": 1_700_000_000 + i, "value": i % 7})) for i in range(50)]
+    bad = {
+        "not_json": [(b"k1", b"{oops"), (b"k2", b"\x00\x01binary")],
+        "not_object": [(b"k3", b"[1,2]")],
+        "missing_field": [(b"k4", b'{"ts": 1, "value": 2}'), (b"k5", b'{"sensor_id": "x", "value": 2}')],
+        "non_numeric_value": [(b"k6", b'{"sensor_id": "x", "ts": 1, "value": "high"}')],
+        "non_finite_value": [(b"k7", b'{"sensor_id": "x", "ts": 1, "value": "NaN"}')],
+        "bad_timestamp": [(b"k8", b'{"sensor_id": "x", "ts": "tea time", "value": 2}')],
+        "out_of_order": [(b"s1", orjson.dumps({"sensor_id": "s1", "ts": 1_700_000_000 + 3, "value": 1.0}))],
+    }
+    msgs = good + [m for ms in bad.values() for m in ms]
+    produce(kafka, topic, msgs)
+    cfg, port = worker_config(kafka, tmp_path, topic, message={"out_of_order": "dead_letter"})
+    w = run_worker(cfg, port)
+    w.wait_metric("streamrnn_messages_consumed_total", len(msgs))
+    expected = sum(len(v) for v in bad.values())
+    w.wait_metric("streamrnn_dead_letters_total", expected)
+    for reason, ms in bad.items():
+        assert w.metric("streamrnn_dead_letters_total", {"reason": reason}) == len(ms), reason
+    assert w.metric("streamrnn_readings_scored_total") == len(good)
+    dl = consume_all(kafka, f"{topic}-dlq", expect=expected)
+    assert w.terminate() == 0
+
+    assert len(dl) == expected
+    originals = {v for ms in bad.values() for _, v in ms}
+    for r in dl:
+        h = {k: v.decode() for k, v in r.headers}
+        assert h["streamrnn.reason"] in bad and h["streamrnn.detail"]
+        assert h["streamrnn.topic"] == topic and int(h["streamrnn.partition"]) in (0, 1) and int(h["streamrnn.offset"]) >= 0
+        assert r.value in originals
+    by_reason = {}
+    for r in dl:
+        by_reason.setdefault(dict(r.headers)["streamrnn.reason"].decode(), []).append(r.value)
+    assert {k: sorted(v) for k, v in by_reason.items()} == {k: sorted(v for _, v in ms) for k, ms in bad.items()}
+
+
+def test_sigterm_mid_stream_commits_and_a_restart_resumes(kafka: EmbeddedBroker, tmp_path: Path, run_worker) -> None:
+    topic = "restart"
+    parts = 4
+    kafka.create_topics({topic: parts, f"{topic}-alerts": 1, f"{topic}-dlq": 1})
+    fleet = SensorFleet(20, seed=8)
+    df = fleet.frame(1500)
+    msgs = as_messages(df)
+    n = len(msgs)
+    stop = threading.Event()
+
+    def feed() -> None:  # keeps producing while the worker is stopped and restarted
+        for i in range(0, n, 1000):
+            produce(kafka, topic, msgs[i:i + 1000])
+            if stop.wait(0.15):
+                return
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    cfg, port = worker_config(kafka, tmp_path, topic, kafka={"max_poll_records": 500})
+    w1 = run_worker(cfg, port)
+    scored = w1.wait_metric("streamrnn_readings_scored_total", 3000)
+    assert scored < n  # really mid-stream
+    assert w1.terminate() == 0
+    assert "stopped" in w1.log()
+
+    committed = committed_offsets(kafka, f"g-{topic}", topic, parts)
+    snap, meta = LocalCheckpointStore(tmp_path / "state").load()
+    assert {(t, p): o for t, p, o in meta["offsets"]} == {(topic, p): o for p, o in committed.items() if o}
+    assert int(snap["col.count"].sum()) == sum(committed.values()) > 0  # state reflects exactly the committed readings
+
+    w2 = run_worker(cfg, port)
+    feeder.join()
+    w2.wait_metric("streamrnn_readings_scored_total", n - sum(committed.values()), timeout=90)
+    time.sleep(1.0)
+    assert w2.metric("streamrnn_readings_scored_total") == n - sum(committed.values())  # nothing twice
+    assert w2.metric("streamrnn_readings_dropped_total") == 0
+    assert w2.terminate() == 0
+    snap, _ = LocalCheckpointStore(tmp_path / "state").load()
+    assert sorted(snap["col.count"].tolist()) == [1500] * 20  # nothing lost
+    assert sum(committed_offsets(kafka, f"g-{topic}", topic, parts).values()) == n
+
+
+def test_unreachable_broker_is_retried_and_reported(tmp_path: Path, run_worker) -> None:
+    port = free_port()
+    late = EmbeddedBroker(port=port, log_path=tmp_path / "late-broker.log")
+    topic = "late"
+    cfg, mport = worker_config(late, tmp_path, topic)
+    w = run_worker(cfg, mport)
+    try:
+        w.wait_metric("streamrnn_broker_connection_retries_total", 2, timeout=30)
+        assert w.metric("streamrnn_broker_up") == 0
+        status, body = w.get("/readyz")
+        assert status == 503 and body["checks"]["broker_reachable"] is False
+        assert w.get("/healthz")[0] == 200
+
+        late.start()
+        late.create_topics({topic: 2, f"{topic}-alerts": 1, f"{topic}-dlq": 1})
+        produce(late, topic, [(b"a", orjson.dumps({"sensor_id": "a", "ts": i, "value": float(np.sin(i))})) for i in range(1, 101)])
+        w.wait_metric("streamrnn_readings_scored_total", 100, timeout=60)
+        assert w.metric("streamrnn_broker_up") == 1
+        deadline = time.monotonic() + 10
+        while w.get("/readyz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert w.get("/readyz")[0] == 200
+        assert w.terminate() == 0
+        assert "unreachable" in w.log()
+    finally:
+        w.kill()
+        late.stop()
