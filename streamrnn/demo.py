@@ -58,7 +58,7 @@ class _Feed(threading.Thread):
             for sid, t, v in zip(ids, ts.tolist(), values.tolist()):
                 self.producer.send(SENSORS_TOPIC, key=sid.encode(), value=orjson.dumps({"sensor_id": sid, "ts": t, "value": v}))
             self.sent += len(ids)
-            if self.fleet.tick % 500 == 0:  # a malformed message now and then shows the dead-letter path
+            if self.fleet.tick % 150 == 0:  # a malformed message now and then shows the dead-letter path
                 self.producer.send(SENSORS_TOPIC, key=b"pump-bad", value=b'{"sensor_id": "pump-bad", "ts": "yesterday", "value": 1}')
             for a in self.fleet._open.values():
                 if a.start_ts == float(ts[0]):
@@ -82,7 +82,7 @@ class _AlertPrinter(threading.Thread):
         from kafka import KafkaConsumer
 
         c = KafkaConsumer(ALERTS_TOPIC, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
-                          fetch_max_wait_ms=50, group_id=None)
+                          fetch_max_wait_ms=50, group_id=None, enable_auto_commit=False)
         try:
             while not self.stop_event.is_set():
                 for recs in c.poll(timeout_ms=200).values():
@@ -100,6 +100,7 @@ def run_demo(duration: float | None = None, sensors: int = 40, metrics_port: int
     """Run the demo; returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("streamrnn.alerts").setLevel(logging.ERROR)  # the printer shows alerts
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # the broker's start-up probes are expected to fail
     try:
         broker = EmbeddedBroker().start()
     except BrokerUnavailable as e:
