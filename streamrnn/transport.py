@@ -102,6 +102,7 @@ class KafkaTransport:
             self.consumer.close()
             raise
         self.consumer.subscribe(list(cfg.topics), listener=_Listener(on_assign, on_revoke))
+        self._warned_reachability = False
 
     def poll(self, timeout_ms: int) -> list[Record]:
         """One batch of records across the assigned partitions (may be empty)."""
@@ -155,8 +156,11 @@ class KafkaTransport:
         try:
             client = self.consumer._client  # kafka-python exposes no public connection state
             brokers = client.cluster.brokers()
-            return any(client.connected(b.nodeId) for b in brokers) or client.bootstrap_connected()
-        except Exception:  # private API changed: do not report an outage we cannot see
+            return any(client.connected(b.node_id) for b in brokers) or client.bootstrap_connected()
+        except AttributeError as e:  # a kafka-python release changed these internals
+            if not self._warned_reachability:
+                log.warning("cannot read broker connection state from kafka-python (%s); reporting it as up", e)
+                self._warned_reachability = True
             return True
 
     def close(self) -> None:

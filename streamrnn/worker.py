@@ -91,8 +91,19 @@ class Worker:
             self._set_broker_up(True)
             log.info("consuming %s as group %s", ",".join(self.cfg.kafka.topics), self.cfg.kafka.group_id)
             interval = self.cfg.state.checkpoint_interval_seconds
+            backoff = self.cfg.kafka.reconnect_backoff_initial_seconds
             while not self._stop.is_set():
-                records = self.transport.poll(self.cfg.kafka.poll_timeout_ms)
+                try:
+                    records = self.transport.poll(self.cfg.kafka.poll_timeout_ms)
+                except KafkaError as e:
+                    # The client reconnects by itself; wait (interruptibly) and poll again.
+                    self._set_broker_up(False)
+                    log.warning("poll failed (%s); retrying in %.1fs", e, backoff)
+                    self.metrics.broker_retries.inc()
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, self.cfg.kafka.reconnect_backoff_max_seconds)
+                    continue
+                backoff = self.cfg.kafka.reconnect_backoff_initial_seconds
                 if records:
                     self.handle_batch(records)
                 self._observe()

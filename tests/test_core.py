@@ -125,9 +125,9 @@ def test_a_spike_scores_high_and_normal_readings_do_not(model_file) -> None:
     v = sine(1500)
     v[1200] += 5.0
     r = det.process(["p"] * len(v), np.arange(len(v)) * 60.0, v)
-    assert r.score[1200] >= 0.99999
+    assert r.score[1200] >= 0.5
     assert ((r.score[:1200] >= 0.0) & (r.score[:1200] <= 1.0)).all()
-    assert np.quantile(r.score[200:1200], 0.99) < 0.999
+    assert np.quantile(r.score[200:1200], 0.99) < 0.3
     assert [(e.event, e.ts) for e in r.events][:1] == [("open", 1200 * 60.0)]
 
 
@@ -136,7 +136,7 @@ def test_a_stuck_sensor_is_flagged(model_file) -> None:
     v = sine(1000)
     v[700:800] = v[700]
     r = det.process(["p"] * len(v), np.arange(len(v)) * 60.0, v)
-    assert r.score[760] > 0.99999
+    assert r.score[760] >= 0.5
     assert any(e.event == "open" and 700 * 60 <= e.ts <= 760 * 60 for e in r.events)
 
 

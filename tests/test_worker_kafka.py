@@ -198,3 +198,36 @@ def test_unreachable_broker_is_retried_and_reported(tmp_path: Path, run_worker) 
     finally:
         w.kill()
         late.stop()
+
+
+def test_broker_outage_mid_run_is_survived(tmp_path: Path, run_worker) -> None:
+    topic = "outage"
+    broker = EmbeddedBroker(port=free_port(), log_path=tmp_path / "b1.log").start()
+    topics = {topic: 2, f"{topic}-alerts": 1, f"{topic}-dlq": 1}
+    batch = lambda lo, hi: [(b"a", orjson.dumps({"sensor_id": "a", "ts": i * 60, "value": float(np.sin(i / 5))}))  # noqa: E731
+                            for i in range(lo, hi)]
+    broker.create_topics(topics)
+    produce(broker, topic, batch(1, 101))
+    cfg, port = worker_config(broker, tmp_path, topic)
+    w = run_worker(cfg, port)
+    try:
+        w.wait_metric("streamrnn_readings_scored_total", 100)
+        broker.proc.kill()  # the broker dies; memory storage loses everything
+        broker.stop()
+        deadline = time.monotonic() + 30
+        while w.metric("streamrnn_broker_up") != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert w.metric("streamrnn_broker_up") == 0
+        time.sleep(2)
+        assert w.proc.poll() is None and w.get("/healthz")[0] == 200
+        assert w.get("/readyz")[0] == 503
+
+        broker.start()  # same port again
+        broker.create_topics(topics)
+        produce(broker, topic, batch(101, 201))
+        w.wait_metric("streamrnn_readings_scored_total", 200, timeout=90)
+        assert w.metric("streamrnn_broker_up") == 1
+        assert w.terminate() == 0
+    finally:
+        w.kill()
+        broker.stop()

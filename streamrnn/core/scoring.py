@@ -1,15 +1,19 @@
 """Residuals into calibrated anomaly scores in [0, 1], per sensor.
 
-A residual is first standardised by the forecast's own predicted standard deviation.
-Each sensor then keeps a running scale of those standardised residuals (its own
-history, winsorised so anomalies do not inflate it) and the score is the two-sided
-Gaussian probability mass inside the calibrated residual: 0.999 means a residual
-larger than 99.9% of what this sensor's forecasts usually miss by, if they were well
-calibrated.
+A residual is first standardised by the forecast's own predicted standard deviation
+and by the sensor's running residual scale. Each sensor keeps an exponentially
+weighted history of how often its standardised residuals exceeded a grid of levels,
+shrunk towards a Gaussian tail; from it comes ``p``, the estimated probability of a
+residual at least this large *for this sensor*.
 
-A separate flatline check scores a sensor that repeats exactly the same value far
-longer than its own history makes plausible (a stuck transmitter produces tiny
-residuals, so a forecast alone never catches it).
+The anomaly score is ``p`` on a logarithmic scale, ``-log10(p) / 10`` clipped to
+[0, 1] (the scale Numenta's anomaly likelihood uses): 0.3 is a one-in-a-thousand
+residual, 0.5 one in 100,000, 1 one in 10^10 or rarer. A linear ``1 - p`` would
+squeeze every interesting reading into the last digits below 1.
+
+A separate check scores a sensor that repeats exactly the same value far longer than
+it ever did before (a stuck transmitter produces tiny residuals, so a forecast alone
+never catches it).
 """
 
 from __future__ import annotations
@@ -22,6 +26,14 @@ from .state import Column
 __all__ = ["Scorer"]
 
 _SQRT2 = np.sqrt(2.0)
+
+
+SCORE_DECADES = 10.0
+
+
+def score_from_probability(p: np.ndarray) -> np.ndarray:
+    """Anomaly score in [0, 1] from a tail probability: ``-log10(p) / 10``, clipped."""
+    return np.clip(-np.log10(np.maximum(p, 1e-300)) / SCORE_DECADES, 0.0, 1.0)
 
 
 def erf(x: np.ndarray) -> np.ndarray:
@@ -70,6 +82,7 @@ class Scorer:
             Column("last_value", "float64", np.nan),
             Column("stuck_run", "int64", 0),
             Column("repeat_rate", "float64", 0.0),
+            Column("longest_run", "int64", 0),
         ]
 
     def tail_probability(self, u: np.ndarray, rate: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -100,7 +113,7 @@ class Scorer:
         learn = has_fc & (fc_n > self.learn_after)
         rate = cols["tail_rate"][slots]
         u = r / np.sqrt(scale2)
-        score = np.where(has_fc, 1.0 - self.tail_probability(u, rate, n), 0.0)
+        score = np.where(has_fc, score_from_probability(self.tail_probability(u, rate, n)), 0.0)
 
         alpha = np.maximum(1.0 / (n + 1), self.alpha_min)
         rc = np.minimum(u, self.clip) ** 2 * scale2  # winsorised in calibrated units
@@ -114,7 +127,11 @@ class Scorer:
     def _stuck(self, cols: dict[str, np.ndarray], slots: np.ndarray, values: np.ndarray) -> np.ndarray:
         last = cols["last_value"][slots]
         repeat = values == last
-        run = np.where(repeat, cols["stuck_run"][slots] + 1, 0)
+        prev_run = cols["stuck_run"][slots]
+        run = np.where(repeat, prev_run + 1, 0)
+        longest = cols["longest_run"][slots]
+        # A run that just ended raises the bar for what counts as stuck later.
+        cols["longest_run"][slots] = np.where(repeat, longest, np.maximum(longest, prev_run))
         rate = cols["repeat_rate"][slots]
         n = cols["cal_n"][slots]
         a = np.maximum(1.0 / np.maximum(n, 1), self.alpha_min)
@@ -123,6 +140,8 @@ class Scorer:
         cols["last_value"][slots] = values
         if self.stuck_readings <= 0:
             return np.zeros(len(slots))
-        # Probability of a run this long given how often this sensor repeats a value.
-        p_run = np.power(np.clip(rate, 0.0, 1.0), run)
-        return np.where(run >= self.stuck_readings, 1.0 - p_run, 0.0)
+        # Stuck: at least stuck_readings repeats and more than twice the longest run this
+        # sensor has shown; scored by how unlikely such a run is at its usual repeat rate.
+        stuck = run >= np.maximum(self.stuck_readings, 2 * longest + 1)
+        p_run = np.power(np.clip(rate, 1e-3, 0.999), run - longest)
+        return np.where(stuck, score_from_probability(p_run), 0.0)
