@@ -79,7 +79,8 @@ def raw_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_records
     return n / (t1 - t0), n / (t1 - first)
 
 
-def worker_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_records: int, state_dir: str) -> tuple[float, float, dict]:
+def worker_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_records: int, state_dir: str,
+                alerts: dict | None = None) -> tuple[float, float, dict]:
     from streamrnn.worker import Worker
 
     cfg = parse_config({
@@ -88,17 +89,20 @@ def worker_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_reco
                   "poll_timeout_ms": 200, **GROUP_SETTINGS},
         "metrics": {"enabled": False},
         "state": {"dir": state_dir, "checkpoint_interval_seconds": 5},
-        "alerts": {"log": False},
+        "alerts": {"log": False, **(alerts or {})},
     })
     t0 = time.perf_counter()
     w = Worker(cfg)
     marks: dict[str, float] = {}
+    durations: list[float] = []
     inner = w.handle_batch
 
     def timed(records):  # instrumentation only: when the first and last records were handled
         marks.setdefault("first", time.perf_counter())
+        b0 = time.perf_counter()
         inner(records)
         marks["last"] = time.perf_counter()
+        durations.append(marks["last"] - b0)
         if w.metrics.readings_scored._value.get() >= n:
             w.request_stop()
 
@@ -112,7 +116,11 @@ def worker_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_reco
     batches = w.metrics.batch_seconds.collect()[0]
     s = {x.name: x.value for x in batches.samples if x.name.endswith(("_sum", "_count"))}
     detail = {"scoring_seconds_total": s["streamrnn_scoring_batch_duration_seconds_sum"],
-              "batches": int(s["streamrnn_scoring_batch_duration_seconds_count"])}
+              "batches": int(s["streamrnn_scoring_batch_duration_seconds_count"]),
+              "batch_p50_ms": 1000 * sorted(durations)[len(durations) // 2],
+              "batch_p99_ms": 1000 * sorted(durations)[min(len(durations) - 1, int(0.99 * len(durations)))],
+              "alert_events": int(sum(x.value for x in w.metrics.alert_events.collect()[0].samples if x.name.endswith("_total"))),
+              "sink_dropped": int(sum(x.value for x in w.metrics.sink_dropped.collect()[0].samples if x.name.endswith("_total")))}
     return n / (t1 - t0), n / (t1 - marks["first"]), detail
 
 

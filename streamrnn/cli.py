@@ -14,9 +14,17 @@ __all__ = ["main"]
 log = logging.getLogger("streamrnn")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        # extra={"sensor_id": ..., "partition": ..., "model_version": ...} on a record becomes fields
+        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
+                                           rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level), handlers=[handler], force=True)
     # kafka-python logs every refused connection at ERROR; the worker reports broker
     # outages itself (log line + streamrnn_broker_up), so keep the client quiet.
     logging.getLogger("kafka").setLevel(logging.DEBUG if level == "DEBUG" else logging.CRITICAL)
@@ -34,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .worker import Worker
 
     cfg = _load(args.config)
-    _setup_logging(cfg.logging.level)
+    _setup_logging(cfg.logging.level, cfg.logging.format)
     worker = Worker(cfg)
     worker.install_signal_handlers()
     return worker.run()

@@ -108,6 +108,24 @@ class ScoringConfig(_Section):
     stuck_readings: int = Field(30, ge=0, description="Identical consecutive values that mark a normally noisy sensor as stuck (0 disables).")
 
 
+class SinkConfig(_Section):
+    """One alert sink beside the alerts topic (best effort, never blocks scoring)."""
+
+    type: Literal["alertmanager", "webhook"] = Field(..., description="alertmanager: Alertmanager v2 API; webhook: POST the alert JSON.")
+    url: str = Field(..., min_length=1, description="Alertmanager base URL (http://host:9093) or the webhook URL.")
+    name: str | None = Field(None, description="Name in metrics and logs (default: the type).")
+    timeout_seconds: float = Field(5.0, gt=0, le=300, description="Timeout of one HTTP request.")
+    max_queue: int = Field(1000, ge=1, le=1_000_000, description="Events held while the receiver is slow; beyond it events are dropped and counted.")
+    max_retries: int = Field(5, ge=0, le=100, description="Retries of a failed send (connection error, 5xx, 429) before the event is dropped.")
+    backoff_initial_seconds: float = Field(0.5, gt=0, description="First wait between retries (exponential with jitter).")
+    backoff_max_seconds: float = Field(30.0, gt=0, description="Cap of the wait between retries.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers, e.g. Authorization: \"Bearer ${TOKEN}\".")
+    labels: dict[str, str] = Field(default_factory=dict, description="Static labels added to Alertmanager alerts (e.g. team, site).")
+    alertname: str = Field("StreamrnnAnomaly", min_length=1, description="Alertmanager alertname label.")
+    resend_interval_seconds: float = Field(60.0, gt=0, description="Alertmanager: re-send open alerts this often so they do not time out.")
+    generator_url: str | None = Field(None, description="Alertmanager: link shown with the alert (e.g. the Grafana dashboard).")
+
+
 class AlertsConfig(_Section):
     """When an anomaly score becomes an alert."""
 
@@ -118,6 +136,8 @@ class AlertsConfig(_Section):
     resolve_after: int = Field(5, ge=1, description="Consecutive readings below resolve_threshold needed to resolve it.")
     cooldown_seconds: float = Field(600.0, ge=0, description="After a resolve, no new alert opens for this long (reading time).")
     log: bool = Field(True, description="Also log each alert event.")
+    severity_bands: dict[str, float] = Field(default_factory=lambda: {"warning": 0.6, "critical": 0.9}, description="Severity label: the band with the highest minimum score the alert reaches (below all: info).")
+    sinks: list[SinkConfig] = Field(default_factory=list, description="Alertmanager / webhook sinks beside the alerts topic.")
 
     @model_validator(mode="after")
     def _hysteresis(self) -> "AlertsConfig":
@@ -132,12 +152,15 @@ class MetricsConfig(_Section):
     enabled: bool = Field(True, description="Serve metrics over HTTP.")
     host: str = Field("0.0.0.0", description="Address the metrics server binds to.")
     port: int = Field(9108, ge=0, le=65535, description="Metrics port (0 picks a free one).")
+    top_sensors: int = Field(20, ge=0, le=1000, description="Sensors exported with their own label in streamrnn_top_sensor_anomaly_score (the most anomalous; 0 disables).")
+    top_sensors_interval_seconds: float = Field(5.0, gt=0, description="How often the top-sensors series are recomputed.")
 
 
 class LoggingConfig(_Section):
     """Log output."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    format: Literal["text", "json"] = Field("text", description="text for people, json (one object per line, with sensor_id/partition/model_version where known) for log pipelines.")
 
 
 class Config(_Section):

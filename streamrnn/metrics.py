@@ -46,6 +46,13 @@ class WorkerMetrics:
         self.broker_retries = Counter("streamrnn_broker_connection_retries", "Attempts to reach an unreachable broker.", registry=r)
         self.assigned_partitions = Gauge("streamrnn_assigned_partitions", "Partitions assigned to this worker.", registry=r)
         self.produce_errors = Counter("streamrnn_produce_errors", "Alert or dead-letter records the producer failed to deliver.", ["topic_kind"], registry=r)
+        self.sink_sent = Counter("streamrnn_alert_sink_sent", "Alert notifications delivered by a sink.", ["sink"], registry=r)
+        self.sink_dropped = Counter("streamrnn_alert_sink_dropped", "Alert notifications a sink dropped (queue full, send failed, rejected).", ["sink", "reason"], registry=r)
+        self.sink_queue = Gauge("streamrnn_alert_sink_queue_length", "Alert notifications waiting in a sink's queue.", ["sink"], registry=r)
+        self.start_time = Gauge("streamrnn_start_time_seconds", "Unix time the worker started.", registry=r)
+        self.start_time.set_to_current_time()
+        self.top_sensor_score = Gauge("streamrnn_top_sensor_anomaly_score", "Latest anomaly score of the most anomalous sensors (at most metrics.top_sensors series).", ["sensor_id"], registry=r)
+        self._top_sensors: set[str] = set()
         self._model_version: str | None = None
 
     def set_model_version(self, version: str) -> None:
@@ -54,6 +61,16 @@ class WorkerMetrics:
             self.model_info.remove(self._model_version)
         self.model_info.labels(version=version).set(1)
         self._model_version = version
+
+
+    def set_top_sensors(self, top: list[tuple[str, float]]) -> None:
+        """Replace the per-sensor series with the current top list (bounded label set)."""
+        keep = {sid for sid, _ in top}
+        for sid in self._top_sensors - keep:
+            self.top_sensor_score.remove(sid)
+        for sid, score in top:
+            self.top_sensor_score.labels(sensor_id=sid).set(score)
+        self._top_sensors = keep
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):

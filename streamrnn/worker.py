@@ -26,6 +26,7 @@ from .config import Config
 from .core import AlertEvent, Detector, default_model_path, load_model
 from .messages import MessageDecoder, Reason
 from .metrics import MetricsServer, WorkerMetrics
+from .sinks import AlertSink, build_sinks
 from .transport import KafkaError, KafkaTransport, Partition, Record
 
 __all__ = ["Worker", "load_detector"]
@@ -65,6 +66,8 @@ class Worker:
         self._broker_up = False
         self._lag_labels: set[Partition] = set()
         self._assigned: set[Partition] = set()
+        self.sinks: list[AlertSink] = []
+        self._last_top = 0.0
 
     # -- lifecycle --------------------------------------------------------------
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
@@ -81,6 +84,7 @@ class Worker:
     def run(self) -> int:
         """Serve until stopped; returns the process exit code (0 on a clean stop)."""
         self._restore()
+        self.sinks = build_sinks(self.cfg.alerts.sinks, self.metrics, self.cfg.alerts.severity_bands)
         if self.cfg.metrics.enabled:
             self.server = MetricsServer(self.metrics, self.readiness, self.cfg.metrics.host, self.cfg.metrics.port).start()
             log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.host, self.server.port)
@@ -117,6 +121,8 @@ class Worker:
                     self.transport.close()
                 except Exception as e:  # closing must not turn a clean stop into a crash
                     log.warning("closing Kafka clients: %s", e)
+            for sink in self.sinks:
+                sink.close()
             if self.server is not None:
                 self.server.stop()
             log.info("stopped")
@@ -164,8 +170,8 @@ class Worker:
                                       "timestamp at or before the sensor's last reading")
             else:
                 self.metrics.readings_dropped.labels(reason=Reason.OUT_OF_ORDER).inc(len(stale))
-        for ev in res.events:
-            self._publish(ev)
+        for ev, i in zip(res.events, res.event_index):
+            self._publish(ev, records[decoded.index[i]].partition)
 
         self._pending.update({(r.topic, r.partition): r.offset + 1 for r in records})
         self._dirty = True
@@ -193,14 +199,18 @@ class Worker:
                                headers, on_error=self._produce_failed("dead_letter"))
         self.metrics.dead_letters.labels(reason=reason).inc()
 
-    def _publish(self, ev: AlertEvent) -> None:
+    def _publish(self, ev: AlertEvent, partition: int) -> None:
         assert self.transport is not None
         self.transport.produce(self.cfg.kafka.alerts_topic, ev.sensor_id.encode(), orjson.dumps(ev.to_dict()),
                                on_error=self._produce_failed("alert"))
         self.metrics.alert_events.labels(event=ev.event).inc()
+        for sink in self.sinks:
+            sink.submit(ev)
         if self.cfg.alerts.log:
             alert_log.warning("alert %s sensor=%s ts=%.3f value=%.6g forecast=%.6g score=%.6f model=%s", ev.event,
-                              ev.sensor_id, ev.ts, ev.value, ev.forecast, ev.anomaly_score, ev.model_version)
+                              ev.sensor_id, ev.ts, ev.value, ev.forecast, ev.anomaly_score, ev.model_version,
+                              extra={"sensor_id": ev.sensor_id, "partition": partition, "model_version": ev.model_version,
+                                     "event": ev.event})
 
     def _produce_failed(self, kind: str):
         def errback(exc: Exception) -> None:
@@ -274,6 +284,10 @@ class Worker:
     # -- observation ------------------------------------------------------------------
     def _observe(self) -> None:
         assert self.transport is not None
+        m = self.cfg.metrics
+        if m.top_sensors and time.monotonic() - self._last_top >= m.top_sensors_interval_seconds:
+            self.metrics.set_top_sensors(self.detector.top_sensors(m.top_sensors))
+            self._last_top = time.monotonic()
         for (topic, part), lag in self.transport.lag().items():
             self.metrics.consumer_lag.labels(topic=topic, partition=str(part)).set(lag)
             self._lag_labels.add((topic, part))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrnn.config import Config, ConfigError, effective_config_yaml, load_config, parse_config
+from streamrnn.config import Config, ConfigError, SinkConfig, effective_config_yaml, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,6 +93,8 @@ def test_default_yaml_documents_every_setting() -> None:
         assert f"{section_name}:" in text
         for key in section.annotation.model_fields:
             assert f"  {key}:" in text, f"configs/default.yaml lacks {section_name}.{key}"
+    for key in SinkConfig.model_fields:
+        assert f"#   {key}:" in text, f"configs/default.yaml lacks alerts.sinks[].{key}"
 
 
 def test_check_config_cli(tmp_path: Path) -> None:

@@ -62,6 +62,7 @@ class Detector:
             Column("h", "float32", 0.0, (model.state_size,)),
             Column("fc_mean", "float64", np.nan),
             Column("fc_std", "float64", np.nan),
+            Column("last_score", "float64", 0.0),
         ]
         cols += self.features.columns() + self.scorer.columns() + self.alerter.columns()
         self.bank = StateBank(cols, max_sensors=max_sensors, initial_capacity=initial_capacity)
@@ -84,6 +85,17 @@ class Detector:
     def active_sensors(self) -> int:
         """Sensors currently held in the state bank."""
         return len(self.bank)
+
+    def top_sensors(self, k: int) -> list[tuple[str, float]]:
+        """The ``k`` sensors whose latest reading scored highest, highest first."""
+        ids, slots = self.bank.held()
+        if not ids or k <= 0:
+            return []
+        scores = self.bank.arrays["last_score"][slots]
+        k = min(k, len(ids))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(ids[i], float(scores[i])) for i in top.tolist()]
 
     def process(self, sensor_ids: Sequence[str], ts: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray) -> ScoreResult:
         """Score a batch of readings (any order, any mix of sensors)."""
@@ -178,6 +190,7 @@ class Detector:
             residual[sel], score[sel] = self.scorer.step(cols, sl, kv[sel], fc_mean[sel], fc_std[sel])
             high[sel], opened[sel], resolved[sel] = self.alerter.step(cols, sl, kt[sel], score[sel], count_after[sel])
             opened_ts[sel], peak[sel] = cols["opened_ts"][sl], cols["peak_score"][sl]
+            cols["last_score"][sl] = score[sel]
 
         res.accepted[keep] = True
         res.forecast[keep] = fc_mean

@@ -70,6 +70,11 @@ class StateBank:
         """Ids of all sensors held."""
         return list(self._slot_of)
 
+    def held(self) -> tuple[list[str], np.ndarray]:
+        """Ids of all sensors held and their slots, in matching order."""
+        ids = list(self._slot_of)
+        return ids, np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(ids))
+
     def row(self, sensor_id: str) -> dict[str, np.ndarray]:
         """A copy of one sensor's state, column by column (for inspection and tests)."""
         s = self._slot_of[sensor_id]

@@ -1,0 +1,207 @@
+"""Alert routing beside the alerts topic: Alertmanager and generic JSON webhooks.
+
+Each sink has a bounded queue and its own sender thread. Submitting never blocks the
+scoring loop: when the queue is full the event is dropped and counted. Sends are
+retried with exponential backoff and jitter; an event that still fails is dropped and
+counted. The Kafka alerts topic stays the durable record (it is flushed before each
+checkpoint); these sinks are best-effort notification paths.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+from typing import Any
+
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from .config import SinkConfig
+from .core import AlertEvent
+from .metrics import WorkerMetrics
+
+__all__ = ["AlertSink", "AlertmanagerSink", "WebhookSink", "build_sinks", "severity_for"]
+
+log = logging.getLogger(__name__)
+
+
+def severity_for(score: float, bands: dict[str, float]) -> str:
+    """The band with the highest minimum score that ``score`` reaches; ``info`` below all."""
+    best, best_min = "info", -1.0
+    for name, minimum in bands.items():
+        if score >= minimum and minimum > best_min:
+            best, best_min = name, minimum
+    return best
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class _SendError(Exception):
+    """A failure worth retrying (connection refused, timeout, 5xx, 429)."""
+
+
+class _Rejected(Exception):
+    """The receiver refused the payload (4xx): retrying will not help."""
+
+
+class AlertSink:
+    """A bounded queue drained by one thread that POSTs JSON with retries."""
+
+    kind = "webhook"
+
+    def __init__(self, cfg: SinkConfig, metrics: WorkerMetrics, bands: dict[str, float]) -> None:
+        self.cfg = cfg
+        self.name = cfg.name or cfg.type
+        self.metrics = metrics
+        self.bands = bands
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=cfg.max_queue)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"sink-{self.name}", daemon=True)
+        self._thread.start()
+
+    # -- called from the scoring loop -------------------------------------------
+    def submit(self, event: AlertEvent) -> None:
+        """Queue an event; drops (and counts) it when the queue is full. Never blocks."""
+        try:
+            self._queue.put_nowait(self.payload(event))
+        except queue.Full:
+            self.metrics.sink_dropped.labels(sink=self.name, reason="queue_full").inc()
+        self.metrics.sink_queue.labels(sink=self.name).set(self._queue.qsize())
+
+    def payload(self, event: AlertEvent) -> Any:
+        """The JSON body for one event."""
+        d = event.to_dict()
+        d["severity"] = severity_for(event.peak_score if event.event == "resolved" else event.anomaly_score, self.bands)
+        return d
+
+    # -- the sender thread ----------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set() or not self._queue.empty():
+            try:
+                body = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                self.idle()
+                continue
+            self.metrics.sink_queue.labels(sink=self.name).set(self._queue.qsize())
+            self.deliver(body)
+
+    def idle(self) -> None:
+        """Called when the queue is empty (periodic work of subclasses)."""
+
+    def deliver(self, body: Any) -> bool:
+        """POST with retries; counts the outcome. True when delivered."""
+        try:
+            for attempt in Retrying(stop=stop_after_attempt(self.cfg.max_retries + 1),
+                                    wait=wait_exponential_jitter(self.cfg.backoff_initial_seconds, self.cfg.backoff_max_seconds),
+                                    retry=retry_if_exception_type(_SendError), sleep=self._sleep, reraise=False):
+                with attempt:
+                    self._post(body)
+        except RetryError as e:
+            self.metrics.sink_dropped.labels(sink=self.name, reason="send_failed").inc()
+            log.warning("alert sink %s: giving up after %d attempts: %s", self.name, self.cfg.max_retries + 1,
+                        e.last_attempt.exception())
+            return False
+        except _Rejected as e:
+            self.metrics.sink_dropped.labels(sink=self.name, reason="rejected").inc()
+            log.error("alert sink %s: receiver rejected the alert: %s", self.name, e)
+            return False
+        self.metrics.sink_sent.labels(sink=self.name).inc()
+        return True
+
+    def _sleep(self, seconds: float) -> None:
+        # On shutdown the remaining retries run without waiting, so close() is bounded.
+        self._stop.wait(seconds)
+
+    def _post(self, body: Any) -> None:
+        data = json.dumps(body).encode()
+        req = urllib.request.Request(self.url(), data=data, method="POST",
+                                     headers={"Content-Type": "application/json", **self.cfg.headers})
+        try:
+            with urllib.request.urlopen(req, timeout=self.cfg.timeout_seconds) as r:
+                r.read()
+        except urllib.error.HTTPError as e:
+            if e.code >= 500 or e.code == 429:
+                raise _SendError(f"HTTP {e.code}") from None
+            raise _Rejected(f"HTTP {e.code}: {e.read()[:200]!r}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise _SendError(str(e)) from None
+
+    def url(self) -> str:
+        """Where to POST."""
+        return self.cfg.url
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop after draining what is queued, waiting at most ``timeout`` seconds."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+
+class WebhookSink(AlertSink):
+    """POSTs each alert event as the JSON object of the alerts topic, plus ``severity``."""
+
+    kind = "webhook"
+
+
+class AlertmanagerSink(AlertSink):
+    """Alertmanager's v2 API: ``POST /api/v2/alerts``.
+
+    Labels: ``alertname``, ``sensor_id``, ``severity`` and the configured static
+    labels; annotations carry value, forecast, residual, score and model version. An
+    open alert is re-sent every ``resend_interval_seconds`` (Alertmanager resolves
+    alerts it stops hearing about); a resolve is sent with ``endsAt``.
+    """
+
+    kind = "alertmanager"
+
+    def __init__(self, cfg: SinkConfig, metrics: WorkerMetrics, bands: dict[str, float]) -> None:
+        self._active: dict[str, dict[str, Any]] = {}
+        self._active_lock = threading.Lock()
+        self._last_resend = time.monotonic()
+        super().__init__(cfg, metrics, bands)
+
+    def url(self) -> str:
+        return self.cfg.url.rstrip("/") + "/api/v2/alerts"
+
+    def payload(self, event: AlertEvent) -> Any:
+        score = event.peak_score if event.event == "resolved" else event.anomaly_score
+        alert: dict[str, Any] = {
+            "labels": {"alertname": self.cfg.alertname, "sensor_id": event.sensor_id,
+                       "severity": severity_for(score, self.bands), **self.cfg.labels},
+            "annotations": {
+                "summary": f"{event.sensor_id}: value {event.value:.6g} against forecast {event.forecast:.6g}",
+                "value": f"{event.value:.6g}", "forecast": f"{event.forecast:.6g}", "residual": f"{event.residual:.6g}",
+                "anomaly_score": f"{score:.6f}", "threshold": f"{event.threshold:.6f}", "model_version": event.model_version,
+            },
+            "startsAt": _rfc3339(event.opened_ts),
+        }
+        if self.cfg.generator_url:
+            alert["generatorURL"] = self.cfg.generator_url
+        with self._active_lock:
+            if event.event == "resolved":
+                alert["endsAt"] = _rfc3339(min(event.ts, time.time()))
+                self._active.pop(event.sensor_id, None)
+            else:
+                self._active[event.sensor_id] = alert
+        return [alert]
+
+    def idle(self) -> None:
+        if time.monotonic() - self._last_resend < self.cfg.resend_interval_seconds:
+            return
+        self._last_resend = time.monotonic()
+        with self._active_lock:
+            active = list(self._active.values())
+        if active:
+            self.deliver(active)
+
+
+def build_sinks(cfgs: list[SinkConfig], metrics: WorkerMetrics, bands: dict[str, float]) -> list[AlertSink]:
+    """Start the configured sinks."""
+    kinds = {"alertmanager": AlertmanagerSink, "webhook": WebhookSink}
+    return [kinds[c.type](c, metrics, bands) for c in cfgs]
