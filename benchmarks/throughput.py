@@ -80,7 +80,7 @@ def raw_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_records
 
 
 def worker_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_records: int, state_dir: str,
-                alerts: dict | None = None) -> tuple[float, float, dict]:
+                alerts: dict | None = None, training: dict | None = None) -> tuple[float, float, dict]:
     from streamrnn.worker import Worker
 
     cfg = parse_config({
@@ -90,11 +90,13 @@ def worker_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_reco
         "metrics": {"enabled": False},
         "state": {"dir": state_dir, "checkpoint_interval_seconds": 5},
         "alerts": {"log": False, **(alerts or {})},
+        "training": training or {"enabled": False},
     })
     t0 = time.perf_counter()
     w = Worker(cfg)
     marks: dict[str, float] = {}
     durations: list[float] = []
+    in_flight: list[bool] = []
     inner = w.handle_batch
 
     def timed(records):  # instrumentation only: when the first and last records were handled
@@ -103,6 +105,7 @@ def worker_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_reco
         inner(records)
         marks["last"] = time.perf_counter()
         durations.append(marks["last"] - b0)
+        in_flight.append(bool(w.metrics.retrain_in_progress._value.get()))
         if w.metrics.readings_scored._value.get() >= n:
             w.request_stop()
 
@@ -120,6 +123,7 @@ def worker_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_reco
               "batch_p50_ms": 1000 * sorted(durations)[len(durations) // 2],
               "batch_p99_ms": 1000 * sorted(durations)[min(len(durations) - 1, int(0.99 * len(durations)))],
               "alert_events": int(sum(x.value for x in w.metrics.alert_events.collect()[0].samples if x.name.endswith("_total"))),
+              "durations": durations, "retrain_in_flight": in_flight,
               "sink_dropped": int(sum(x.value for x in w.metrics.sink_dropped.collect()[0].samples if x.name.endswith("_total")))}
     return n / (t1 - t0), n / (t1 - marks["first"]), detail
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 
 from . import __version__
 from .config import Config, ConfigError, effective_config_yaml, load_config
+from .core.model import ModelFileError
 
 __all__ = ["main"]
 
@@ -70,6 +72,47 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from .registry import RegistryError
+    from .worker import registry_for
+
+    cfg = _load(args.config)
+    reg = registry_for(cfg)
+    try:
+        if args.action == "list":
+            cur = reg.current()
+            rows = reg.versions()
+            if not rows:
+                print(f"no model versions in {reg.dir} (workers serve the packaged model)")
+                return 0
+            print(f"{'':2}{'version':<9}{'parent':<12}{'created (UTC)':<21}{'val loss':>10}{'parent':>10}  sha256")
+            for m in rows:
+                created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(m.created))
+                vl = f"{m.val_loss:.4f}" if m.val_loss is not None else "-"
+                pl = f"{m.parent_val_loss:.4f}" if m.parent_val_loss is not None else "-"
+                print(f"{'*' if m.version == cur else ' ':2}{m.version:<9}{str(m.parent):<12}{created:<21}{vl:>10}{pl:>10}  {m.sha256[:16]}")
+        elif args.action == "show":
+            print(json.dumps({**asdict(reg.meta(args.version)), "current": reg.current() == args.version}, indent=1))
+        else:  # rollback
+            reg.set_current(args.version)
+            print(f"serving {args.version}; running workers switch within training.registry_poll_seconds")
+    except (RegistryError, ModelFileError) as e:
+        print(f"streamrnn model: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training_cli import train_command
+
+    cfg = _load(args.config)
+    _setup_logging("WARNING")
+    return train_command(cfg, args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -96,6 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=1000, help="rows per detector batch, as a poll batch (default 1000)")
     s.set_defaults(func=cmd_score)
 
+    m = sub.add_parser("model", help="the model registry: list, show VERSION, rollback VERSION")
+    m.add_argument("action", choices=["list", "show", "rollback"])
+    m.add_argument("version", nargs="?")
+    m.add_argument("--config", required=True, help="YAML config (the registry lives in state.dir/models)")
+    m.set_defaults(func=cmd_model)
+
+    t = sub.add_parser("train", help="train a new registry version from a file or the topics' retained history")
+    t.add_argument("--config", required=True)
+    t.add_argument("--input", help="CSV or Parquet with sensor_id,timestamp,value (default: read the configured topics)")
+    t.add_argument("--max-seconds", type=float, help="time budget (default training.max_seconds)")
+    t.add_argument("--epochs", type=int, help="epoch budget (default training.max_epochs)")
+    t.add_argument("--force", action="store_true", help="publish even if it does not beat the serving model")
+    t.set_defaults(func=cmd_train)
+
     d = sub.add_parser("demo", help="embedded broker + synthetic sensors + worker; prints alerts as they happen")
     d.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
     d.add_argument("--sensors", type=int, default=40, help="number of synthetic sensors (default 40)")
@@ -107,5 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``streamrnn`` command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "model" and args.action in ("show", "rollback") and not args.version:
+        parser.error(f"model {args.action} needs a VERSION")
     return int(args.func(args) or 0)

@@ -93,6 +93,7 @@ class StateConfig(_Section):
     dir: str = Field("./state", min_length=1, description="Directory for checkpoints of the per-sensor state.")
     max_sensors: int = Field(100000, ge=1, le=100_000_000, description="Most sensors held; the least recently seen is evicted beyond it.")
     initial_capacity: int = Field(1024, ge=1, description="Sensors preallocated at start; the bank doubles as sensors appear.")
+    history_length: int = Field(128, ge=0, le=100_000, description="Recent readings kept per sensor (re-warm after a model swap, retraining data); 0 disables retraining.")
     checkpoint_interval_seconds: float = Field(5.0, ge=0, le=3600, description="Checkpoint (then commit offsets) at most this often; 0 after every batch.")
 
 
@@ -146,6 +147,27 @@ class AlertsConfig(_Section):
         return self
 
 
+class TrainingConfig(_Section):
+    """Scheduled retraining inside the worker (beside scoring, never blocking it)."""
+
+    enabled: bool = Field(True, description="Retrain on the schedule below.")
+    interval_seconds: float = Field(3600.0, ge=0, description="Retrain this often (0: no time trigger).")
+    every_readings: int = Field(0, ge=0, description="Also retrain after this many scored readings (0: no count trigger).")
+    min_sensors: int = Field(4, ge=1, description="Sensors with enough history needed for a run.")
+    min_history: int = Field(128, ge=16, description="Readings a sensor's history ring must hold to be used (capped at state.history_length).")
+    max_sensors: int = Field(512, ge=1, description="Sensors sampled per run, one sequence each (bounds memory; chatty sensors do not dominate).")
+    validation_fraction: float = Field(0.2, gt=0, lt=0.9, description="Most recent share of every sequence held out for the validation gate.")
+    min_improvement: float = Field(0.01, ge=0, description="Validation loss (nats) the candidate must gain over the serving model to be promoted.")
+    max_seconds: float = Field(120.0, gt=0, description="Time budget of one run.")
+    max_epochs: int = Field(20, ge=1, description="Epoch budget of one run.")
+    patience: int = Field(3, ge=1, description="Epochs without validation gain before stopping early.")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate for fine-tuning.")
+    batch_size: int = Field(64, ge=1, description="Sequences per optimisation step.")
+    burn_in: int = Field(16, ge=0, description="Steps of each sequence that only warm the state (no loss).")
+    registry_keep: int = Field(5, ge=1, description="Model versions kept in the registry.")
+    registry_poll_seconds: float = Field(30.0, gt=0, description="How often the worker checks the registry for a new serving version (rollback, other trainers).")
+
+
 class MetricsConfig(_Section):
     """The Prometheus endpoint (also serves /healthz and /readyz)."""
 
@@ -172,6 +194,7 @@ class Config(_Section):
     state: StateConfig = Field(default_factory=StateConfig, description="Per-sensor state.")
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Residual scoring.")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Alerting.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Scheduled retraining.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Metrics endpoint.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
 

@@ -49,6 +49,13 @@ class WorkerMetrics:
         self.sink_sent = Counter("streamrnn_alert_sink_sent", "Alert notifications delivered by a sink.", ["sink"], registry=r)
         self.sink_dropped = Counter("streamrnn_alert_sink_dropped", "Alert notifications a sink dropped (queue full, send failed, rejected).", ["sink", "reason"], registry=r)
         self.sink_queue = Gauge("streamrnn_alert_sink_queue_length", "Alert notifications waiting in a sink's queue.", ["sink"], registry=r)
+        self.retrain_runs = Counter("streamrnn_retrain_runs", "Retraining runs by result (promoted, rejected, failed).", ["result"], registry=r)
+        for result in ("promoted", "rejected", "failed"):
+            self.retrain_runs.labels(result=result)
+        self.retrain_seconds = Histogram("streamrnn_retrain_duration_seconds", "Duration of a retraining run.", buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800), registry=r)
+        self.retrain_in_progress = Gauge("streamrnn_retrain_in_progress", "1 while a retraining run is at work.", registry=r)
+        self.last_retrain_success = Gauge("streamrnn_last_successful_retrain_timestamp_seconds", "Unix time the serving model was last promoted or loaded (the worker's start when it serves the packaged model).", registry=r)
+        self.model_swaps = Counter("streamrnn_model_swaps", "Hot swaps of the serving model.", registry=r)
         self.start_time = Gauge("streamrnn_start_time_seconds", "Unix time the worker started.", registry=r)
         self.start_time.set_to_current_time()
         self.top_sensor_score = Gauge("streamrnn_top_sensor_anomaly_score", "Latest anomaly score of the most anomalous sensors (at most metrics.top_sensors series).", ["sensor_id"], registry=r)

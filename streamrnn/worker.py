@@ -26,6 +26,8 @@ from .config import Config
 from .core import AlertEvent, Detector, default_model_path, load_model
 from .messages import MessageDecoder, Reason
 from .metrics import MetricsServer, WorkerMetrics
+from .registry import ModelRegistry
+from .retraining import Retrainer
 from .sinks import AlertSink, build_sinks
 from .transport import KafkaError, KafkaTransport, Partition, Record
 
@@ -37,11 +39,21 @@ alert_log = logging.getLogger("streamrnn.alerts")
 _FLUSH_TIMEOUT_S = 10.0
 
 
-def load_detector(cfg: Config) -> Detector:
-    """The detector with the configured model file, or the packaged default."""
-    path = Path(cfg.model.path) if cfg.model.path else default_model_path()
-    mf = load_model(path)
-    log.info("loaded model %s from %s (sha256 %s)", mf.version, path, mf.sha256[:12])
+def registry_for(cfg: Config) -> ModelRegistry:
+    """The model registry in the state directory."""
+    return ModelRegistry(Path(cfg.state.dir) / "models", keep=cfg.training.registry_keep)
+
+
+def load_detector(cfg: Config, use_registry: bool = False) -> Detector:
+    """The detector serving the registry's current version (when asked and present),
+    else the configured model file, else the packaged default."""
+    mf = registry_for(cfg).load_serving() if use_registry else None
+    if mf is not None:
+        log.info("serving registry model %s (sha256 %s)", mf.version, mf.sha256[:12])
+    else:
+        path = Path(cfg.model.path) if cfg.model.path else default_model_path()
+        mf = load_model(path)
+        log.info("loaded model %s from %s (sha256 %s)", mf.version, path, mf.sha256[:12])
     return Detector.from_config(cfg, mf.model, mf.version)
 
 
@@ -51,7 +63,8 @@ class Worker:
     def __init__(self, cfg: Config, detector: Detector | None = None, metrics: WorkerMetrics | None = None) -> None:
         self.cfg = cfg
         torch.set_num_threads(cfg.model.threads)
-        self.detector = detector or load_detector(cfg)
+        self.detector = detector or load_detector(cfg, use_registry=True)
+        self.registry = registry_for(cfg)
         self.decoder = MessageDecoder(cfg.message.sensor_field, cfg.message.time_field, cfg.message.value_field)
         self.metrics = metrics or WorkerMetrics()
         self.metrics.set_model_version(self.detector.model_version)
@@ -68,6 +81,10 @@ class Worker:
         self._assigned: set[Partition] = set()
         self.sinks: list[AlertSink] = []
         self._last_top = 0.0
+        self.retrainer = Retrainer(cfg.training, self.registry, self.metrics) if cfg.training.enabled and cfg.state.history_length else None
+        self._scored_total = 0
+        self._last_registry_poll = time.monotonic()
+        self.metrics.last_retrain_success.set(self._model_created())
 
     # -- lifecycle --------------------------------------------------------------
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
@@ -111,6 +128,7 @@ class Worker:
                 if records:
                     self.handle_batch(records)
                 self._observe()
+                self._model_lifecycle()
                 if self._dirty and time.monotonic() - self._last_checkpoint >= interval:
                     self.checkpoint_and_commit()
             self.checkpoint_and_commit()
@@ -121,6 +139,8 @@ class Worker:
                     self.transport.close()
                 except Exception as e:  # closing must not turn a clean stop into a crash
                     log.warning("closing Kafka clients: %s", e)
+            if self.retrainer is not None:
+                self.retrainer.close()
             for sink in self.sinks:
                 sink.close()
             if self.server is not None:
@@ -177,6 +197,7 @@ class Worker:
         self._dirty = True
         m = self.metrics
         m.readings_scored.inc(res.n_scored)
+        self._scored_total += res.n_scored
         m.batch_seconds.observe(time.perf_counter() - t0)
         m.batch_size.observe(len(records))
         m.active_sensors.set(self.detector.active_sensors)
@@ -217,6 +238,42 @@ class Worker:
             self.metrics.produce_errors.labels(topic_kind=kind).inc()
             log.error("failed to deliver %s record: %s", kind, exc)
         return errback
+
+    # -- model lifecycle ----------------------------------------------------------------
+    def _model_created(self) -> float:
+        try:
+            return self.registry.meta(self.detector.model_version).created
+        except Exception:  # the packaged or a configured model: count from the start
+            return time.time()
+
+    def swap_model(self, model, version: str) -> None:
+        """Serve another model from the next batch on (hidden states re-warmed)."""
+        t0 = time.perf_counter()
+        old = self.detector.model_version
+        n = self.detector.swap_model(model, version)
+        self.metrics.set_model_version(version)
+        self.metrics.model_swaps.inc()
+        log.info("serving model %s (was %s); re-warmed %d sensors in %.2fs", version, old, n, time.perf_counter() - t0)
+
+    def _model_lifecycle(self) -> None:
+        if self.retrainer is not None:
+            promoted = self.retrainer.take_promoted()
+            if promoted is not None:
+                self.swap_model(*promoted)
+            self.retrainer.maybe_start(self.detector, self._scored_total)
+        if time.monotonic() - self._last_registry_poll >= self.cfg.training.registry_poll_seconds:
+            self._last_registry_poll = time.monotonic()
+            self._follow_registry()
+
+    def _follow_registry(self) -> None:
+        """Serve the registry's current version when it changed (rollback, another trainer)."""
+        cur = self.registry.current()
+        if cur is None or cur == self.detector.model_version:
+            return
+        mf = self.registry.load_serving()
+        if mf is not None and mf.version != self.detector.model_version:
+            self.swap_model(mf.model, mf.version)
+            self.metrics.last_retrain_success.set(self._model_created())
 
     # -- durability -----------------------------------------------------------------
     def checkpoint_and_commit(self) -> bool:
@@ -265,6 +322,11 @@ class Worker:
         n = self.detector.bank.restore(snap)
         self.metrics.active_sensors.set(self.detector.active_sensors)
         log.info("restored %d sensors from %s (model %s)", n, self.store.path, meta.get("model_version"))
+        if meta.get("model_version") != self.detector.model_version:
+            # Hidden states belong to the model that made them: re-warm for this one.
+            warmed = self.detector.swap_model(self.detector.model, self.detector.model_version)
+            log.info("checkpoint was made by model %s: re-warmed %d sensors for %s", meta.get("model_version"), warmed,
+                     self.detector.model_version)
 
     def _on_revoke(self, partitions: list[Partition]) -> None:
         log.info("partitions revoked: %s", partitions)

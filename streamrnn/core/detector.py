@@ -52,7 +52,7 @@ class Detector:
 
     def __init__(self, model: GRUForecaster, model_version: str = "0", features: FeatureBuilder | None = None,
                  scorer: Scorer | None = None, alerter: Alerter | None = None, max_sensors: int = 100_000,
-                 initial_capacity: int = 1024) -> None:
+                 initial_capacity: int = 1024, history_length: int = 128) -> None:
         self.model = model.eval()
         self.model_version = str(model_version)
         self.features = features or FeatureBuilder()
@@ -64,6 +64,13 @@ class Detector:
             Column("fc_std", "float64", np.nan),
             Column("last_score", "float64", 0.0),
         ]
+        # The history ring: each sensor's last readings, for re-warming after a model
+        # swap and as training data for scheduled retraining.
+        self.history_length = int(history_length)
+        if self.history_length:
+            cols += [Column("hist_v", "float32", 0.0, (self.history_length,)),
+                     Column("hist_t", "float64", 0.0, (self.history_length,)),
+                     Column("hist_n", "int64", 0)]
         cols += self.features.columns() + self.scorer.columns() + self.alerter.columns()
         self.bank = StateBank(cols, max_sensors=max_sensors, initial_capacity=initial_capacity)
 
@@ -79,12 +86,72 @@ class Detector:
             Alerter(a.threshold, a.resolve_threshold, a.warmup_readings, a.open_after, a.resolve_after, a.cooldown_seconds),
             max_sensors=cfg.state.max_sensors,
             initial_capacity=cfg.state.initial_capacity,
+            history_length=cfg.state.history_length,
         )
 
     @property
     def active_sensors(self) -> int:
         """Sensors currently held in the state bank."""
         return len(self.bank)
+
+    # -- history, re-warm and model swap ------------------------------------------------
+    def history(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The sensors' rings in time order: ``(ts [S, L], values [S, L], valid [S, L])``.
+
+        Rings that are not full yet are left-aligned and padded at the end.
+        """
+        L = self.history_length
+        cols = self.bank.arrays
+        n = cols["hist_n"][slots]
+        filled = np.minimum(n, L)
+        # oldest element: position n % L when full, else 0
+        start = np.where(n >= L, n % L, 0)
+        idx = (start[:, None] + np.arange(L)[None, :]) % L
+        valid = np.arange(L)[None, :] < filled[:, None]
+        ts = np.take_along_axis(cols["hist_t"][slots], idx, axis=1)
+        values = np.take_along_axis(cols["hist_v"][slots], idx, axis=1).astype(np.float64)
+        return ts, values, valid
+
+    def ring_features(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """GRU inputs ``[S, L, F]`` from the sensors' rings, and the number of real steps."""
+        ts, values, valid = self.history(slots)
+        x = self.features.replay(self.bank.arrays, slots, ts, values, valid)
+        return x, valid.sum(axis=1)
+
+    def swap_model(self, model: GRUForecaster, version: str, chunk: int = 4096) -> int:
+        """Serve ``model`` from the next batch on; re-warm every sensor from its ring.
+
+        Each sensor's hidden state and pending forecast are recomputed by running its
+        history ring through the new model (batched), so its next reading is scored by
+        a warm state. Returns how many sensors were re-warmed.
+        """
+        self.model = model.eval()
+        self.model_version = str(version)
+        if not self.history_length:
+            self.bank.arrays["h"][:] = 0.0
+            return 0
+        _, slots = self.bank.held()
+        cols = self.bank.arrays
+        cols["h"][slots] = 0.0
+        warmed = 0
+        for i in range(0, len(slots), chunk):
+            sl = slots[i:i + chunk]
+            x, lengths = self.ring_features(sl)
+            keep = lengths > 0
+            sl, x, lengths = sl[keep], x[keep], lengths[keep]
+            if len(sl) == 0:
+                continue
+            with torch.inference_mode():
+                mz, logvar, h_n = self.model(torch.from_numpy(x), None, torch.from_numpy(lengths))
+            last = lengths - 1
+            rows = np.arange(len(sl))
+            mean = cols["norm_mean"][sl]
+            std = self.features.std(mean, cols["norm_var"][sl])
+            cols["h"][sl] = h_n.numpy()
+            cols["fc_mean"][sl] = mean + std * mz.numpy()[rows, last]
+            cols["fc_std"][sl] = std * np.exp(0.5 * logvar.numpy()[rows, last].astype(np.float64))
+            warmed += len(sl)
+        return warmed
 
     def top_sensors(self, k: int) -> list[tuple[str, float]]:
         """The ``k`` sensors whose latest reading scored highest, highest first."""
@@ -158,6 +225,12 @@ class Detector:
         for sel in waves:
             x[sel], mean_after[sel], std_after[sel] = self.features.step(cols, ks[sel], kt[sel], kv[sel])
             count_after[sel] = cols["count"][ks[sel]]
+            if self.history_length:
+                sl = ks[sel]
+                pos = cols["hist_n"][sl] % self.history_length
+                cols["hist_v"][sl, pos] = kv[sel]
+                cols["hist_t"][sl, pos] = kt[sel]
+                cols["hist_n"][sl] += 1
 
         # Phase B: one GRU pass over every sensor's sequence in this batch.
         xp = np.zeros((len(uslots), n_waves, N_FEATURES), dtype=np.float32)

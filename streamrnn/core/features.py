@@ -54,6 +54,37 @@ class FeatureBuilder:
         floor = 1e-3 * np.maximum(np.abs(mean), 1.0)
         return np.sqrt(var + floor * floor)
 
+    @staticmethod
+    def assemble(z: np.ndarray, dt_feat: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Stack already normalised parts into ``[..., N_FEATURES]`` GRU inputs."""
+        x = np.empty((*np.shape(z), N_FEATURES), dtype=np.float32)
+        x[..., 0] = z
+        x[..., 1] = dt_feat
+        day = _TWO_PI * np.mod(ts, _DAY) / _DAY
+        week = _TWO_PI * np.mod(ts, _WEEK) / _WEEK
+        x[..., 2] = np.sin(day)
+        x[..., 3] = np.cos(day)
+        x[..., 4] = np.sin(week)
+        x[..., 5] = np.cos(week)
+        return x
+
+    def replay(self, cols: dict[str, np.ndarray], slots: np.ndarray, ts: np.ndarray, values: np.ndarray,
+               valid: np.ndarray) -> np.ndarray:
+        """Features of past readings ``[S, L]`` with the sensors' *current* normaliser.
+
+        Used to re-warm hidden states and to train on the history ring: the normaliser
+        of the time is not kept, and the current one is what the model will see next.
+        ``valid`` marks real readings (rings that are not full yet are padded).
+        """
+        mean = cols["norm_mean"][slots][:, None]
+        std = self.std(mean, cols["norm_var"][slots][:, None])
+        z = np.clip((values - mean) / std, -Z_CLIP, Z_CLIP)
+        logdt = np.log(np.maximum(np.diff(ts, axis=1, prepend=ts[:, :1]), 1e-3))
+        dt_feat = np.clip(logdt - cols["logdt_mean"][slots][:, None], -_DT_CLIP, _DT_CLIP)
+        dt_feat[:, 0] = 0.0
+        x = self.assemble(np.where(valid, z, 0.0), np.where(valid, dt_feat, 0.0), np.where(valid, ts, 0.0))
+        return x
+
     def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, ts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features for one wave (each slot at most once), updating the sensors' stats.
 
@@ -75,15 +106,7 @@ class FeatureBuilder:
         logdt = np.log(np.maximum(np.where(first, 1.0, dt), 1e-3))
         dt_feat = np.where(count < 2, 0.0, np.clip(logdt - logdt_mean, -_DT_CLIP, _DT_CLIP))
 
-        x = np.empty((len(slots), N_FEATURES), dtype=np.float32)
-        x[:, 0] = z
-        x[:, 1] = dt_feat
-        day = _TWO_PI * np.mod(ts, _DAY) / _DAY
-        week = _TWO_PI * np.mod(ts, _WEEK) / _WEEK
-        x[:, 2] = np.sin(day)
-        x[:, 3] = np.cos(day)
-        x[:, 4] = np.sin(week)
-        x[:, 5] = np.cos(week)
+        x = self.assemble(z, dt_feat, ts)
 
         n = count + 1
         alpha = np.maximum(1.0 / n, self.alpha_min)

@@ -20,7 +20,7 @@ from .features import N_FEATURES, Z_CLIP, FeatureBuilder
 from .model import GRUForecaster
 from .state import StateBank
 
-__all__ = ["make_windows", "Trainer", "TrainResult"]
+__all__ = ["make_windows", "ring_targets", "Trainer", "TrainResult"]
 
 
 def make_windows(ts: np.ndarray, values: np.ndarray, window: int = 256, stride: int = 128,
@@ -62,7 +62,12 @@ class TrainResult:
 
 
 class Trainer:
-    """Fits a :class:`GRUForecaster` to windows with a budget and early stopping."""
+    """Fits a :class:`GRUForecaster` with a time/epoch budget and early stopping.
+
+    Data is ``x [N, T, F]`` with next-step targets ``y [N, T]`` and a mask of which
+    steps count in a loss, so one set of sequences can hold a training part and a
+    held-out most recent part.
+    """
 
     def __init__(self, lr: float = 3e-3, batch_size: int = 64, max_epochs: int = 30, max_seconds: float = 300.0,
                  patience: int = 4, burn_in: int = 32, seed: int = 0) -> None:
@@ -74,45 +79,65 @@ class Trainer:
         self.burn_in = burn_in
         self.seed = seed
 
-    def loss(self, model: GRUForecaster, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean Gaussian NLL after the burn-in steps (the state starts from zero)."""
+    @staticmethod
+    def loss(model: GRUForecaster, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean Gaussian negative log-likelihood over the masked steps."""
         mean, logvar, _ = model(x)
-        b = self.burn_in
-        return nn.functional.gaussian_nll_loss(mean[:, b:], y[:, b:], logvar[:, b:].exp(), full=False, eps=1e-6)
+        nll = 0.5 * (logvar + (y - mean) ** 2 / logvar.exp())
+        m = mask.to(nll.dtype)
+        return (nll * m).sum() / m.sum().clamp_min(1.0)
 
-    def evaluate(self, model: GRUForecaster, x: np.ndarray, y: np.ndarray) -> float:
-        """Mean loss over windows, without gradients."""
+    def burn_in_mask(self, y: np.ndarray) -> np.ndarray:
+        """Every step after the burn-in (the state starts from zero)."""
+        mask = np.zeros(y.shape, dtype=bool)
+        mask[:, self.burn_in:] = True
+        return mask
+
+    def evaluate(self, model: GRUForecaster, x: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> float:
+        """Mean masked loss over all sequences, without gradients."""
         if len(x) == 0:
             return float("nan")
+        mask = self.burn_in_mask(y) if mask is None else mask
         model.eval()
-        total, n = 0.0, 0
+        total, weight = 0.0, 0.0
         with torch.no_grad():
             for i in range(0, len(x), 256):
-                xb, yb = torch.from_numpy(x[i:i + 256]), torch.from_numpy(y[i:i + 256])
-                total += float(self.loss(model, xb, yb)) * len(xb)
-                n += len(xb)
-        return total / n
+                mb = torch.from_numpy(mask[i:i + 256])
+                w = float(mb.sum())
+                if w:
+                    total += float(self.loss(model, torch.from_numpy(x[i:i + 256]), torch.from_numpy(y[i:i + 256]), mb)) * w
+                    weight += w
+        return total / weight if weight else float("nan")
 
     def fit(self, model: GRUForecaster, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
             on_epoch: Callable[[int, float, float], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> TrainResult:
-        """Train in place; keeps the weights of the best validation epoch."""
+        """Train on windows, validate on other windows (both after the burn-in)."""
+        return self.fit_masked(model, x, y, self.burn_in_mask(y), x_val, y_val, self.burn_in_mask(y_val), on_epoch, should_stop)
+
+    def fit_masked(self, model: GRUForecaster, x: np.ndarray, y: np.ndarray, mask: np.ndarray, x_val: np.ndarray,
+                   y_val: np.ndarray, mask_val: np.ndarray, on_epoch: Callable[[int, float, float], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> TrainResult:
+        """Train in place; keeps the weights of the best validation epoch.
+
+        Raises ``FloatingPointError`` when the training loss stops being finite.
+        """
         g = torch.Generator().manual_seed(self.seed)
         opt = torch.optim.Adam(model.parameters(), lr=self.lr)
         t0 = time.monotonic()
-        best = self.evaluate(model, x_val, y_val)
+        best = self.evaluate(model, x_val, y_val, mask_val)
         best_state = {k: v.clone() for k, v in model.state_dict().items()}
         train_hist: list[float] = []
         val_hist: list[float] = []
         bad, stopped, epoch = 0, "max_epochs", 0
-        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        xt, yt, mt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(mask)
         for epoch in range(1, self.max_epochs + 1):
             model.train()
             perm = torch.randperm(len(xt), generator=g)
             tot, cnt = 0.0, 0
             for i in range(0, len(perm), self.batch_size):
                 idx = perm[i:i + self.batch_size]
-                loss = self.loss(model, xt[idx], yt[idx])
+                loss = self.loss(model, xt[idx], yt[idx], mt[idx])
                 if not torch.isfinite(loss):
                     raise FloatingPointError("training loss is not finite")
                 opt.zero_grad()
@@ -124,7 +149,7 @@ class Trainer:
                 if time.monotonic() - t0 > self.max_seconds or (should_stop and should_stop()):
                     break
             train_hist.append(tot / max(cnt, 1))
-            v = self.evaluate(model, x_val, y_val)
+            v = self.evaluate(model, x_val, y_val, mask_val)
             val_hist.append(v)
             if on_epoch:
                 on_epoch(epoch, train_hist[-1], v)
@@ -145,3 +170,21 @@ class Trainer:
         model.load_state_dict(best_state)
         model.eval()
         return TrainResult(train_hist, val_hist, best, epoch, time.monotonic() - t0, stopped)
+
+
+def ring_targets(x: np.ndarray, lengths: np.ndarray, validation_fraction: float, burn_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Targets and train/validation masks for history-ring sequences.
+
+    The target of step ``t`` is the normalised value at ``t+1``. The most recent
+    ``validation_fraction`` of each sequence is held out: its steps count only in the
+    validation loss (the earlier steps are their context).
+    """
+    n, L = x.shape[:2]
+    y = np.zeros((n, L), dtype=np.float32)
+    y[:, :-1] = np.clip(x[:, 1:, 0], -Z_CLIP, Z_CLIP)
+    steps = np.arange(L)[None, :]
+    last = (lengths - 1)[:, None]  # the last real step has no target
+    split = (lengths - np.maximum(1, np.round(validation_fraction * lengths)).astype(int))[:, None]
+    train = (steps >= burn_in) & (steps < split - 1)
+    val = (steps >= split - 1) & (steps < last)
+    return y, train, val
