@@ -90,7 +90,10 @@ class ModelConfig(_Section):
 class StateConfig(_Section):
     """Per-sensor state and checkpoints."""
 
-    dir: str = Field("./state", min_length=1, description="Directory for checkpoints of the per-sensor state.")
+    dir: str = Field("./state", min_length=1, description="Directory for per-partition state checkpoints (local backend) and the model registry.")
+    backend: Literal["local", "kafka"] = Field("local", description="local: files in dir (one node); kafka: a compacted changelog topic, so a partition's state moves with it between workers.")
+    changelog_topic: str | None = Field(None, description="Changelog topic of the kafka backend (default: <group_id>-state-changelog; created compacted if missing).")
+    changelog_partitions: int = Field(0, ge=0, description="Partitions of a new changelog topic (0: as many as the largest input topic).")
     max_sensors: int = Field(100000, ge=1, le=100_000_000, description="Most sensors held; the least recently seen is evicted beyond it.")
     initial_capacity: int = Field(1024, ge=1, description="Sensors preallocated at start; the bank doubles as sensors appear.")
     history_length: int = Field(128, ge=0, le=100_000, description="Recent readings kept per sensor (re-warm after a model swap, retraining data); 0 disables retraining.")

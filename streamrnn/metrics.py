@@ -56,6 +56,8 @@ class WorkerMetrics:
         self.retrain_in_progress = Gauge("streamrnn_retrain_in_progress", "1 while a retraining run is at work.", registry=r)
         self.last_retrain_success = Gauge("streamrnn_last_successful_retrain_timestamp_seconds", "Unix time the serving model was last promoted or loaded (the worker's start when it serves the packaged model).", registry=r)
         self.model_swaps = Counter("streamrnn_model_swaps", "Hot swaps of the serving model.", registry=r)
+        self.restore_seconds = Histogram("streamrnn_state_restore_duration_seconds", "Time to restore the state of newly assigned partitions.", buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=r)
+        self.alerts_deduplicated = Counter("streamrnn_alerts_deduplicated", "Alert events recomputed from a replay and not published again.", registry=r)
         self.start_time = Gauge("streamrnn_start_time_seconds", "Unix time the worker started.", registry=r)
         self.start_time.set_to_current_time()
         self.top_sensor_score = Gauge("streamrnn_top_sensor_anomaly_score", "Latest anomaly score of the most anomalous sensors (at most metrics.top_sensors series).", ["sensor_id"], registry=r)

@@ -8,6 +8,7 @@ based client can replace kafka-python behind the same methods.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 
@@ -63,10 +64,16 @@ class _Listener(ConsumerRebalanceListener):
     on_revoke: Callable[[list[Partition]], None]
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        self.on_revoke([(tp.topic, tp.partition) for tp in revoked])
+        try:
+            self.on_revoke([(tp.topic, tp.partition) for tp in revoked])
+        except Exception:  # an exception here would fail the rebalance over and over
+            log.exception("partition revocation handler failed")
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        self.on_assign([(tp.topic, tp.partition) for tp in assigned])
+        try:
+            self.on_assign([(tp.topic, tp.partition) for tp in assigned])
+        except Exception:
+            log.exception("partition assignment handler failed")
 
 
 class KafkaTransport:
@@ -118,11 +125,44 @@ class KafkaTransport:
             self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
 
     def produce(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None,
-                on_error: Callable[[Exception], None] | None = None) -> None:
-        """Queue a record; delivery failures go to ``on_error``."""
+                on_error: Callable[[Exception], None] | None = None, on_success: Callable[[object], None] | None = None) -> None:
+        """Queue a record; delivery failures go to ``on_error``, record metadata to ``on_success``."""
         fut = self.producer.send(topic, key=key, value=value, headers=headers or None)
         if on_error is not None:
             fut.add_errback(on_error)
+        if on_success is not None:
+            fut.add_callback(on_success)
+
+    def partition_count(self, topic: str) -> int:
+        """Partitions of a topic (1 if unknown)."""
+        parts = self.consumer.partitions_for_topic(topic)
+        return len(parts) if parts else 1
+
+    def read_alert_keys(self, topic: str, from_offsets: dict[int, int], timeout: float = 30.0) -> set[tuple[str, float, str]]:
+        """``(sensor_id, ts, event)`` of the alerts published from these offsets to the end."""
+        import orjson
+
+        c = KafkaConsumer(group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50, **client_settings(self.cfg))
+        keys: set[tuple[str, float, str]] = set()
+        try:
+            tps = [TopicPartition(topic, p) for p in from_offsets]
+            c.assign(tps)
+            for tp in tps:
+                c.seek(tp, from_offsets[tp.partition])
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                for recs in c.poll(timeout_ms=200).values():
+                    for r in recs:
+                        try:
+                            a = orjson.loads(r.value)
+                            keys.add((a["sensor_id"], float(a["ts"]), a["event"]))
+                        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                            continue
+                if all(c.highwater(tp) is not None and c.position(tp) >= c.highwater(tp) for tp in tps):
+                    break
+        finally:
+            c.close()
+        return keys
 
     def flush(self, timeout_s: float) -> None:
         """Wait until every queued record is acknowledged (raises KafkaError on timeout)."""

@@ -21,7 +21,7 @@ import orjson
 import torch
 from tenacity import RetryCallState, retry, retry_if_exception_type, stop_any, wait_exponential_jitter
 
-from .checkpoint import CheckpointError, LocalCheckpointStore
+from .checkpoint import ChangelogStateStore, CheckpointError, LocalStateStore, PartitionState, StateStore
 from .config import Config
 from .core import AlertEvent, Detector, default_model_path, load_model
 from .messages import MessageDecoder, Reason
@@ -68,7 +68,11 @@ class Worker:
         self.decoder = MessageDecoder(cfg.message.sensor_field, cfg.message.time_field, cfg.message.value_field)
         self.metrics = metrics or WorkerMetrics()
         self.metrics.set_model_version(self.detector.model_version)
-        self.store = LocalCheckpointStore(cfg.state.dir)
+        self.store: StateStore | None = None  # opened with the connection (the changelog needs the broker)
+        self._part_ids: dict[Partition, int] = {}
+        self._saved_tick = 0
+        self._alerts_next: dict[int, int] = {}
+        self._suppress: set[tuple[str, float, str]] = set()
         self.transport: KafkaTransport | None = None
         self.server: MetricsServer | None = None
         self._stop = threading.Event()
@@ -100,7 +104,6 @@ class Worker:
 
     def run(self) -> int:
         """Serve until stopped; returns the process exit code (0 on a clean stop)."""
-        self._restore()
         self.sinks = build_sinks(self.cfg.alerts.sinks, self.metrics, self.cfg.alerts.severity_bands)
         if self.cfg.metrics.enabled:
             self.server = MetricsServer(self.metrics, self.readiness, self.cfg.metrics.host, self.cfg.metrics.port).start()
@@ -141,6 +144,8 @@ class Worker:
                     log.warning("closing Kafka clients: %s", e)
             if self.retrainer is not None:
                 self.retrainer.close()
+            if self.store is not None:
+                self.store.close()
             for sink in self.sinks:
                 sink.close()
             if self.server is not None:
@@ -164,12 +169,27 @@ class Worker:
         def connect() -> KafkaTransport | None:
             if self._stop.is_set():
                 return None
-            return KafkaTransport(k, self._on_assign, self._on_revoke)
+            transport = KafkaTransport(k, self._on_assign, self._on_revoke)
+            if self.store is None:
+                try:
+                    self.store = self._open_store(transport)
+                except Exception:
+                    transport.close()
+                    raise
+            return transport
 
         try:
             return connect()
         except (KafkaError, OSError):
             return None  # only reached when a stop was requested during the retries
+
+    def _open_store(self, transport: KafkaTransport) -> StateStore:
+        st = self.cfg.state
+        if st.backend == "local":
+            return LocalStateStore(st.dir)
+        parts = st.changelog_partitions or max(transport.partition_count(t) for t in self.cfg.kafka.topics)
+        topic = st.changelog_topic or f"{self.cfg.kafka.group_id}-state-changelog"
+        return ChangelogStateStore(self.cfg.kafka, topic, self.detector.bank.row_dtype, parts)
 
     # -- the batch ----------------------------------------------------------------
     def handle_batch(self, records: list[Record]) -> None:
@@ -181,7 +201,10 @@ class Worker:
         for rej in decoded.rejections:
             self._dead_letter(records[rej.index], rej.reason, rej.detail)
 
-        res = self.detector.process(decoded.sensor_ids, decoded.ts, decoded.values)
+        part_of = {tp: self._part_index(tp) for tp in self._assigned}
+        owner = np.fromiter((part_of.get((records[i].topic, records[i].partition), -1) for i in decoded.index),
+                            dtype=np.int32, count=len(decoded.index))
+        res = self.detector.process(decoded.sensor_ids, decoded.ts, decoded.values, owner)
         stale = np.flatnonzero(~res.accepted)
         if len(stale):
             if self.cfg.message.out_of_order == "dead_letter":
@@ -222,8 +245,14 @@ class Worker:
 
     def _publish(self, ev: AlertEvent, partition: int) -> None:
         assert self.transport is not None
+        key = (ev.sensor_id, ev.ts, ev.event)
+        if key in self._suppress:
+            # Published before a crash and recomputed from the replay: do not send it twice.
+            self._suppress.discard(key)
+            self.metrics.alerts_deduplicated.inc()
+            return
         self.transport.produce(self.cfg.kafka.alerts_topic, ev.sensor_id.encode(), orjson.dumps(ev.to_dict()),
-                               on_error=self._produce_failed("alert"))
+                               on_error=self._produce_failed("alert"), on_success=self._alert_acked)
         self.metrics.alert_events.labels(event=ev.event).inc()
         for sink in self.sinks:
             sink.submit(ev)
@@ -232,6 +261,12 @@ class Worker:
                               ev.sensor_id, ev.ts, ev.value, ev.forecast, ev.anomaly_score, ev.model_version,
                               extra={"sensor_id": ev.sensor_id, "partition": partition, "model_version": ev.model_version,
                                      "event": ev.event})
+
+    def _alert_acked(self, md: object) -> None:
+        # runs on the producer's I/O thread; a dict assignment is atomic under the GIL
+        p, o = md.partition, md.offset  # type: ignore[attr-defined]
+        if o + 1 > self._alerts_next.get(p, 0):
+            self._alerts_next[p] = o + 1
 
     def _produce_failed(self, kind: str):
         def errback(exc: Exception) -> None:
@@ -276,72 +311,127 @@ class Worker:
             self.metrics.last_retrain_success.set(self._model_created())
 
     # -- durability -----------------------------------------------------------------
-    def checkpoint_and_commit(self) -> bool:
-        """Flush produced records, save the state, then commit offsets. True on success."""
-        if self.transport is None or not self._dirty:
+    def _part_index(self, tp: Partition) -> int:
+        idx = self._part_ids.get(tp)
+        if idx is None:
+            idx = self._part_ids[tp] = len(self._part_ids)
+        return idx
+
+    def _partition_slots(self, tp: Partition) -> tuple[list[str], np.ndarray]:
+        ids, slots = self.detector.bank.held()
+        mask = self.detector.bank.arrays["owner"][slots] == self._part_index(tp)
+        return [i for i, m in zip(ids, mask.tolist()) if m], slots[mask]
+
+    def checkpoint_and_commit(self, partitions: list[Partition] | None = None, commit: bool = True) -> bool:
+        """Flush produced records, save the state of the partitions with new readings
+        (default all), then commit their offsets (unless ``commit`` is False). True on success."""
+        if self.transport is None:
+            return True
+        todo = {tp: off for tp, off in self._pending.items() if partitions is None or tp in partitions}
+        if not todo:
+            self._dirty = partitions is not None and self._dirty
             return True
         try:
             self.transport.flush(_FLUSH_TIMEOUT_S)
         except KafkaError as e:
-            # Alerts not acknowledged yet: keep the old checkpoint so a crash replays them.
+            # Alerts not acknowledged yet: keep the old state so a crash replays them.
             log.warning("producer flush failed, checkpoint postponed: %s", e)
             self._set_broker_up(False)
             return False
-        offsets = dict(self._pending)
         t0 = time.perf_counter()
-        size = self.store.save(self.detector.bank.snapshot(), offsets, self.detector.model_version)
+        bank = self.detector.bank
+        states = {}
+        meta = {"model_version": self.detector.model_version, "alerts_next": {str(p): o for p, o in self._alerts_next.items()}}
+        for tp, off in todo.items():
+            ids, slots = self._partition_slots(tp)
+            if self.store.incremental:
+                touched = bank.touched_since(self._saved_tick, slots)
+                ids, slots = [i for i, t in zip(ids, touched.tolist()) if t], slots[touched]
+            states[tp] = PartitionState(ids, bank.pack(slots), off, meta)
+        try:
+            size = self.store.save(states)
+        except (OSError, KafkaError) as e:
+            log.error("saving state failed, offsets not committed: %s", e)
+            return False
+        if partitions is None:
+            self._saved_tick = bank.tick
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
         self.metrics.checkpoint_bytes.set(size)
         self.metrics.last_checkpoint.set(time.time())
         self._last_checkpoint = time.monotonic()
-        self._dirty = False
         try:
-            self.transport.commit(offsets)
+            if commit:
+                self.transport.commit(todo)
         except KafkaError as e:
-            # The saved state is ahead of the committed offsets: replayed readings are
-            # recognised as already seen, so nothing is scored twice.
+            # The saved state is ahead of the committed offsets: the readings in between
+            # are replayed and recognised as already seen, so nothing is scored twice.
             self.metrics.offset_commits.labels(result="failed").inc()
             log.warning("offset commit failed (will retry at the next checkpoint): %s", e)
-            self._dirty = True
-            return False
-        for tp, off in offsets.items():
+        else:
+            if commit:
+                self.metrics.offset_commits.labels(result="ok").inc()
+        for tp, off in todo.items():
             if self._pending.get(tp) == off:
                 del self._pending[tp]
-        self.metrics.offset_commits.labels(result="ok").inc()
+        self._dirty = bool(self._pending)
         return True
 
-    def _restore(self) -> None:
+    def _restore(self, partitions: list[Partition]) -> None:
+        """Load the saved state of newly assigned partitions before any of their readings."""
+        t0 = time.perf_counter()
         try:
-            loaded = self.store.load()
-        except (CheckpointError, OSError, ValueError) as e:
-            log.error("checkpoint unusable, starting with fresh sensor state: %s", e)
+            states = self.store.load(partitions)
+        except (CheckpointError, OSError, KafkaError) as e:
+            log.error("state of %s unusable, those sensors start fresh: %s", partitions, e)
             return
-        if loaded is None:
-            return
-        snap, meta = loaded
-        n = self.detector.bank.restore(snap)
+        bank = self.detector.bank
+        restored = 0
+        models = set()
+        alerts_from: dict[int, int] = {}
+        for tp, st in states.items():
+            slots = bank.unpack(st.ids, st.rows)
+            bank.arrays["owner"][slots] = self._part_index(tp)
+            restored += len(slots)
+            models.add(st.meta.get("model_version"))
+            for p, off in st.meta.get("alerts_next", {}).items():
+                alerts_from[int(p)] = min(off, alerts_from.get(int(p), off))
+            # Consumption resumes from the committed offset, which is never ahead of
+            # the saved state; readings the state has already seen are dropped as stale.
         self.metrics.active_sensors.set(self.detector.active_sensors)
-        log.info("restored %d sensors from %s (model %s)", n, self.store.path, meta.get("model_version"))
-        if meta.get("model_version") != self.detector.model_version:
+        if states:
+            log.info("restored %d sensors of %d partitions in %.2fs", restored, len(states), time.perf_counter() - t0)
+            self.metrics.restore_seconds.observe(time.perf_counter() - t0)
+        if models - {self.detector.model_version, None}:
             # Hidden states belong to the model that made them: re-warm for this one.
             warmed = self.detector.swap_model(self.detector.model, self.detector.model_version)
-            log.info("checkpoint was made by model %s: re-warmed %d sensors for %s", meta.get("model_version"), warmed,
+            log.info("state was made by model(s) %s: re-warmed %d sensors for %s", sorted(m for m in models if m), warmed,
                      self.detector.model_version)
+        if alerts_from and self.transport is not None:
+            self._suppress |= self.transport.read_alert_keys(self.cfg.kafka.alerts_topic, alerts_from)
 
     def _on_revoke(self, partitions: list[Partition]) -> None:
         log.info("partitions revoked: %s", partitions)
-        self.checkpoint_and_commit()
+        # kafka-python runs this on its I/O thread, where a blocking commit is refused
+        # (and the group is rebalancing anyway): save the state only. The next owner
+        # restores it and drops the replayed readings it already reflects.
+        self.checkpoint_and_commit(partitions, commit=False)
         for tp in partitions:
             self._pending.pop(tp, None)
+            ids, _ = self._partition_slots(tp)
+            self.detector.bank.remove(ids)  # its state now belongs to whoever gets the partition
         self._assigned -= set(partitions)
+        self.metrics.active_sensors.set(self.detector.active_sensors)
 
     def _on_assign(self, partitions: list[Partition]) -> None:
         log.info("partitions assigned: %s", partitions)
+        new = [tp for tp in partitions if tp not in self._assigned]
         self._assigned = set(partitions)
         self.metrics.assigned_partitions.set(len(partitions))
         for tp in self._lag_labels - set(partitions):
             self.metrics.consumer_lag.remove(tp[0], str(tp[1]))
         self._lag_labels &= set(partitions)
+        if new:
+            self._restore(new)
 
     # -- observation ------------------------------------------------------------------
     def _observe(self) -> None:

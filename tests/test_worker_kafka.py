@@ -13,7 +13,7 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
 from streamrnn.broker import EmbeddedBroker, free_port
-from streamrnn.checkpoint import LocalCheckpointStore
+from streamrnn.checkpoint import LocalStateStore
 from streamrnn.core import Detector, default_model_path, load_model
 from streamrnn.synthetic import SensorFleet
 
@@ -155,9 +155,10 @@ def test_sigterm_mid_stream_commits_and_a_restart_resumes(kafka: EmbeddedBroker,
     assert "stopped" in w1.log()
 
     committed = committed_offsets(kafka, f"g-{topic}", topic, parts)
-    snap, meta = LocalCheckpointStore(tmp_path / "state").load()
-    assert {(t, p): o for t, p, o in meta["offsets"]} == {(topic, p): o for p, o in committed.items() if o}
-    assert int(snap["col.count"].sum()) == sum(committed.values()) > 0  # state reflects exactly the committed readings
+    states = LocalStateStore(tmp_path / "state").load([(topic, p) for p in range(parts)])
+    assert {tp: st.offset for tp, st in states.items()} == {(topic, p): o for p, o in committed.items() if o}
+    counted = sum(int(st.rows["count"].sum()) for st in states.values())
+    assert counted == sum(committed.values()) > 0  # the state reflects exactly the committed readings
 
     w2 = run_worker(cfg, port)
     feeder.join()
@@ -166,8 +167,8 @@ def test_sigterm_mid_stream_commits_and_a_restart_resumes(kafka: EmbeddedBroker,
     assert w2.metric("streamrnn_readings_scored_total") == n - sum(committed.values())  # nothing twice
     assert w2.metric("streamrnn_readings_dropped_total") == 0
     assert w2.terminate() == 0
-    snap, _ = LocalCheckpointStore(tmp_path / "state").load()
-    assert sorted(snap["col.count"].tolist()) == [1500] * 20  # nothing lost
+    states = LocalStateStore(tmp_path / "state").load([(topic, p) for p in range(parts)])
+    assert sorted(c for st in states.values() for c in st.rows["count"].tolist()) == [1500] * 20  # nothing lost
     assert sum(committed_offsets(kafka, f"g-{topic}", topic, parts).values()) == n
 
 

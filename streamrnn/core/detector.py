@@ -63,6 +63,8 @@ class Detector:
             Column("fc_mean", "float64", np.nan),
             Column("fc_std", "float64", np.nan),
             Column("last_score", "float64", 0.0),
+            # which source (e.g. Kafka partition) owns the sensor; set by the caller
+            Column("owner", "int32", -1),
         ]
         # The history ring: each sensor's last readings, for re-warming after a model
         # swap and as training data for scheduled retraining.
@@ -164,23 +166,29 @@ class Detector:
         top = top[np.argsort(-scores[top], kind="stable")]
         return [(ids[i], float(scores[i])) for i in top.tolist()]
 
-    def process(self, sensor_ids: Sequence[str], ts: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray) -> ScoreResult:
-        """Score a batch of readings (any order, any mix of sensors)."""
+    def process(self, sensor_ids: Sequence[str], ts: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray,
+                owner: np.ndarray | None = None) -> ScoreResult:
+        """Score a batch of readings (any order, any mix of sensors).
+
+        ``owner`` (optional, one int per reading) records which source owns each
+        sensor, e.g. the Kafka partition, so its state can be saved and moved per owner.
+        """
         ts = np.asarray(ts, dtype=np.float64)
         values = np.asarray(values, dtype=np.float64)
         n = len(sensor_ids)
         if not (len(ts) == len(values) == n):
             raise ValueError("sensor_ids, ts and values must have the same length")
         try:
-            return self._process(sensor_ids, ts, values)
+            return self._process(sensor_ids, ts, values, owner)
         except CapacityError:
             if n < 2:
                 raise
             # More distinct sensors than the bank holds: score the batch in halves.
             h = n // 2
-            return _concat(self.process(sensor_ids[:h], ts[:h], values[:h]), self.process(sensor_ids[h:], ts[h:], values[h:]), h)
+            o1, o2 = (None, None) if owner is None else (owner[:h], owner[h:])
+            return _concat(self.process(sensor_ids[:h], ts[:h], values[:h], o1), self.process(sensor_ids[h:], ts[h:], values[h:], o2), h)
 
-    def _process(self, sensor_ids: Sequence[str], ts: np.ndarray, values: np.ndarray) -> ScoreResult:
+    def _process(self, sensor_ids: Sequence[str], ts: np.ndarray, values: np.ndarray, owner: np.ndarray | None) -> ScoreResult:
         n = len(sensor_ids)
         res = ScoreResult(
             accepted=np.zeros(n, dtype=bool),
@@ -194,6 +202,8 @@ class Detector:
         cols = bank.arrays
         slots = bank.assign(sensor_ids)
         cols = bank.arrays  # assign may have grown the arrays
+        if owner is not None:
+            cols["owner"][slots] = owner
 
         # Group by sensor, order by time (stable on arrival); drop replays/duplicates.
         order = np.lexsort((np.arange(n), ts, slots))

@@ -160,6 +160,39 @@ class StateBank:
             if s is not None:
                 self._release(s)
 
+    @property
+    def tick(self) -> int:
+        """Batch counter: every :meth:`assign` call advances it."""
+        return self._tick
+
+    def touched_since(self, tick: int, slots: np.ndarray) -> np.ndarray:
+        """Which of ``slots`` were seen in a batch after ``tick``."""
+        return self._last_seen[slots] > tick
+
+    @property
+    def row_dtype(self) -> np.dtype:
+        """One sensor's whole state as a numpy structured record (for rows on the wire)."""
+        return np.dtype([(c.name, c.dtype, c.shape) for c in self.columns.values()])
+
+    def pack(self, slots: np.ndarray) -> np.ndarray:
+        """The rows of ``slots`` as a structured array of :attr:`row_dtype`."""
+        out = np.empty(len(slots), dtype=self.row_dtype)
+        for name, a in self.arrays.items():
+            out[name] = a[slots]
+        return out
+
+    def unpack(self, sensor_ids: list[str], rows: np.ndarray) -> np.ndarray:
+        """Load rows (structured, any subset of columns) for these sensors; returns their slots.
+
+        Columns the rows lack keep their fresh value, so state from an older version
+        with fewer columns still loads.
+        """
+        slots = self.assign(sensor_ids) if sensor_ids else np.zeros(0, dtype=np.int64)
+        for name in rows.dtype.names or ():
+            if name in self.arrays and len(slots):
+                self.arrays[name][slots] = rows[name]
+        return slots
+
     # -- snapshots ------------------------------------------------------------
     def snapshot(self, sensor_ids: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Compact copy of the state of the given sensors (default all), for checkpoints."""

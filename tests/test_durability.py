@@ -1,0 +1,171 @@
+"""Durable state, crash recovery and scale-out, against the real broker."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from streamrnn.broker import EmbeddedBroker
+from streamrnn.checkpoint import LocalStateStore
+from streamrnn.core import Detector, default_model_path, load_model
+from streamrnn.synthetic import SensorFleet
+
+from .conftest import consume_all, produce, worker_config
+
+pytestmark = pytest.mark.kafka
+PARTS = 4
+
+
+def stream(seed: int, sensors: int = 30, ticks: int = 1000):
+    fleet = SensorFleet(sensors, seed=seed, anomaly_rate=0.002, clean_ticks=200, min_gap=150)
+    df = fleet.frame(ticks)
+    msgs = [(s.encode(), orjson.dumps({"sensor_id": s, "ts": t, "value": v}))
+            for s, t, v in zip(df.sensor_id.tolist(), df.ts.tolist(), df.value.tolist())]
+    return df, msgs
+
+
+def reference(df) -> tuple[Detector, list[tuple[str, float, str]]]:
+    mf = load_model(default_model_path())
+    det = Detector(mf.model, mf.version)
+    res = det.process(df.sensor_id.tolist(), df.ts.to_numpy(), df.value.to_numpy())
+    return det, sorted((e.sensor_id, e.ts, e.event) for e in res.events)
+
+
+def alert_keys(kafka: EmbeddedBroker, topic: str) -> list[tuple[str, float, str]]:
+    return [(a["sensor_id"], a["ts"], a["event"]) for a in (orjson.loads(r.value) for r in consume_all(kafka, topic, idle=3.0))]
+
+
+def start_feeder(kafka: EmbeddedBroker, topic: str, msgs: list, chunk: int, pause: float) -> tuple[threading.Thread, threading.Event]:
+    """Produce the stream in chunks in the background, so it is still flowing when a worker dies."""
+    stop = threading.Event()
+
+    def feed() -> None:
+        for i in range(0, len(msgs), chunk):
+            produce(kafka, topic, msgs[i:i + chunk])
+            if stop.wait(pause):
+                return
+
+    t = threading.Thread(target=feed)
+    t.start()
+    return t, stop
+
+
+def wait_drained(w, topic: str, total_parts: int = PARTS, timeout: float = 120.0) -> None:
+    """Until the worker holds every partition and none lags."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            lags = [w.metric("streamrnn_consumer_lag", {"topic": topic, "partition": str(p)}) for p in range(total_parts)]
+            text = w.metrics_text()
+        except OSError:  # metrics endpoint not up yet
+            time.sleep(0.3)
+            continue
+        if w.metric("streamrnn_assigned_partitions") == total_parts and all(x == 0 for x in lags) \
+                and all(f'partition="{p}"' in text for p in range(total_parts)):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"not drained:\n{w.log()[-3000:]}")
+
+
+def test_kill_9_at_random_points_loses_nothing_and_duplicates_no_alert(kafka: EmbeddedBroker, tmp_path: Path, run_worker) -> None:
+    topic = "crash"
+    kafka.create_topics({topic: PARTS, f"{topic}-alerts": 1, f"{topic}-dlq": 1})
+    df, msgs = stream(31)
+    ref, ref_events = reference(df)
+    assert len(ref_events) >= 10
+    cfg, port = worker_config(kafka, tmp_path, topic, kafka={"max_poll_records": 300},
+                              state={"checkpoint_interval_seconds": 0.3}, training={"enabled": False})
+    feeder, stop = start_feeder(kafka, topic, msgs, chunk=1000, pause=0.3)
+    rng = np.random.default_rng(7)
+    try:
+        for _ in range(3):
+            w = run_worker(cfg, port)
+            w.wait_metric("streamrnn_assigned_partitions", PARTS)
+            time.sleep(float(rng.uniform(0.3, 2.0)))
+            w.proc.send_signal(signal.SIGKILL)
+            w.proc.wait()
+        feeder.join()
+        w = run_worker(cfg, port)
+        wait_drained(w, topic)
+        assert w.terminate() == 0
+    finally:
+        stop.set()
+        feeder.join()
+
+    events = alert_keys(kafka, f"{topic}-alerts")
+    assert len(events) == len(set(events)), "an alert event was published twice"
+    assert sorted(events) == ref_events
+
+    states = LocalStateStore(tmp_path / "state").load([(topic, p) for p in range(PARTS)])
+    got = {sid: row for st in states.values() for sid, row in zip(st.ids, st.rows)}
+    assert sorted(got) == sorted(ref.bank.sensor_ids())
+    for sid, row in got.items():
+        want = ref.bank.row(sid)
+        assert row["count"] == want["count"] and row["last_ts"] == want["last_ts"]
+        np.testing.assert_allclose(row["fc_mean"], want["fc_mean"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(row["h"], want["h"], atol=1e-4)
+
+
+def test_two_workers_share_partitions_and_a_survivor_takes_over_from_the_changelog(
+        kafka: EmbeddedBroker, tmp_path: Path, run_worker) -> None:
+    topic = "scale"
+    kafka.create_topics({topic: PARTS, f"{topic}-alerts": 1, f"{topic}-dlq": 1})
+    df, msgs = stream(32)
+    _, ref_events = reference(df)
+    common = dict(kafka={"max_poll_records": 200}, state={"backend": "kafka", "checkpoint_interval_seconds": 0.3},
+                  training={"enabled": False})
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cfg_a, port_a = worker_config(kafka, tmp_path / "a", topic, **common)
+    cfg_b, port_b = worker_config(kafka, tmp_path / "b", topic, **common)
+    feeder, stop = start_feeder(kafka, topic, msgs, chunk=1500, pause=0.4)
+    try:
+        a = run_worker(cfg_a, port_a)
+        a.wait_metric("streamrnn_readings_scored_total", 1000)
+        b = run_worker(cfg_b, port_b)
+        b.wait_metric("streamrnn_readings_scored_total", 1000)  # the group split the partitions
+        assert 0 < a.metric("streamrnn_assigned_partitions") < PARTS
+        a.proc.send_signal(signal.SIGKILL)  # mid-stream
+        a.proc.wait()
+        feeder.join()
+        wait_drained(b, topic)
+        assert b.metric("streamrnn_state_restore_duration_seconds_count") >= 2  # at the split and at the takeover
+        assert b.terminate() == 0
+    finally:
+        stop.set()
+        feeder.join()
+    events = alert_keys(kafka, f"{topic}-alerts")
+    assert len(events) == len(set(events)), "an alert event was published twice"
+    assert sorted(events) == ref_events
+
+
+def test_a_clean_restart_forecasts_from_the_saved_hidden_state(kafka: EmbeddedBroker, tmp_path: Path, run_worker) -> None:
+    topic = "restartfc"
+    kafka.create_topics({topic: 2, f"{topic}-alerts": 1, f"{topic}-dlq": 1})
+    t = np.arange(600)
+    v = 20 + 3 * np.sin(2 * np.pi * t / 50) + np.random.default_rng(3).normal(0, 0.05, len(t))
+    v[400] += 30  # the first reading after the restart is a spike: its alert carries the forecast
+    msg = lambda i: (b"m1", orjson.dumps({"sensor_id": "m1", "ts": 60.0 * i, "value": float(v[i])}))  # noqa: E731
+    mf = load_model(default_model_path())
+    ref = Detector(mf.model, mf.version)
+    r = ref.process(["m1"] * 401, 60.0 * t[:401], v[:401])
+    expected = r.forecast[400]
+
+    cfg, port = worker_config(kafka, tmp_path, topic, training={"enabled": False})
+    w = run_worker(cfg, port)
+    produce(kafka, topic, [msg(i) for i in range(400)])
+    w.wait_metric("streamrnn_readings_scored_total", 400)
+    assert w.terminate() == 0
+    w2 = run_worker(cfg, port)
+    produce(kafka, topic, [msg(400)])
+    w2.wait_metric("streamrnn_alert_events_total", 1, labels={"event": "open"})
+    assert w2.terminate() == 0
+    opens = [orjson.loads(x.value) for x in consume_all(kafka, f"{topic}-alerts", expect=1)]
+    assert opens[0]["ts"] == 60.0 * 400
+    assert opens[0]["forecast"] == pytest.approx(expected, rel=1e-6)
