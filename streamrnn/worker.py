@@ -1,9 +1,11 @@
 """The Kafka worker: poll, decode, score, alert, checkpoint, then commit.
 
-Order of durability for every batch: alerts and dead letters are acknowledged by the
-broker, then the state that reflects the batch is checkpointed, and only then are
-its offsets committed. A crash at any point therefore replays readings into a state
-that has not seen them (or drops them as already seen), and no alert is lost.
+Order of durability at every checkpoint: alerts and dead letters are acknowledged by
+the broker, then the state of each partition with new readings is saved, and only
+then are its offsets committed. A crash at any point therefore replays readings into
+a state that has not seen them (or drops them as already seen); alerts recomputed
+from a replay are recognised from the alerts topic and not published twice. State
+belongs to partitions: restored on assignment, saved on revocation.
 """
 
 from __future__ import annotations
