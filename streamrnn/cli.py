@@ -67,7 +67,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # determinism and fair use of cores when files run in parallel
     df = read_readings_csv(args.input)
     detector = load_detector(cfg)
-    out = score_frame(df, detector, batch_size=args.batch_size)
+    retrainer = None
+    if args.retrain_every > 0 and cfg.training.enabled and cfg.state.history_length:
+        from .metrics import WorkerMetrics
+        from .retraining import Retrainer
+
+        # one series is enough offline; promoted models stay in memory (no registry writes)
+        retrainer = Retrainer(cfg.training.model_copy(update={"min_sensors": 1}), None, WorkerMetrics())
+    out = score_frame(df, detector, batch_size=args.batch_size, retrainer=retrainer, retrain_every=args.retrain_every)
     out.to_csv(args.output, index=False, float_format="%.9g")
     return 0
 
@@ -136,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--config", help="YAML config (scoring/alerts/model sections apply)")
-    s.add_argument("--batch-size", type=int, default=1000, help="rows per detector batch, as a poll batch (default 1000)")
+    s.add_argument("--batch-size", type=int, default=250, help="rows per detector batch, as a poll batch (default 250)")
+    s.add_argument("--retrain-every", type=int, default=0, help="run the scheduled retraining inline every N rows, on the history so far (default 0: off)")
     s.set_defaults(func=cmd_score)
 
     m = sub.add_parser("model", help="the model registry: list, show VERSION, rollback VERSION")

@@ -12,6 +12,7 @@ import pandas as pd
 
 from .core import Detector
 from .messages import parse_timestamp
+from .retraining import Retrainer
 
 __all__ = ["score_frame", "read_readings_csv", "OUTPUT_COLUMNS"]
 
@@ -42,11 +43,15 @@ def read_readings_csv(path: str) -> pd.DataFrame:
     return df
 
 
-def score_frame(df: pd.DataFrame, detector: Detector, batch_size: int = 1000, default_sensor: str = "series") -> pd.DataFrame:
+def score_frame(df: pd.DataFrame, detector: Detector, batch_size: int = 1000, default_sensor: str = "series",
+                retrainer: Retrainer | None = None, retrain_every: int = 0) -> pd.DataFrame:
     """Score a frame of readings in order; one output row per input row.
 
     Rows whose timestamp or value cannot be parsed, or that are at or before their
-    sensor's previous timestamp, are not scored: their ``anomaly_score`` is 0.
+    sensor's previous timestamp, are not scored: their ``anomaly_score`` is 0. With a
+    ``retrainer``, the scheduled retraining runs inline every ``retrain_every`` rows
+    (fine-tuning on the history seen so far, never on later rows), as the daemon's
+    would between two batches, and a promoted model serves from the next batch on.
     """
     n = len(df)
     ids = df["sensor_id"].astype(str).tolist() if "sensor_id" in df.columns else [default_sensor] * n
@@ -71,6 +76,10 @@ def score_frame(df: pd.DataFrame, detector: Detector, batch_size: int = 1000, de
         residual[sl] = res.residual
         score[sl[ok]] = res.score[ok]
         anomaly[sl] = res.is_anomaly
+        if retrainer is not None and retrain_every > 0 and (start + batch_size) // retrain_every > start // retrain_every:
+            job = retrainer.make_job(detector)
+            if job is not None and retrainer.run(job) == "promoted":
+                detector.swap_model(*retrainer.take_promoted())
     score = np.nan_to_num(np.clip(score, 0.0, 1.0), nan=0.0)
 
     out = pd.DataFrame({

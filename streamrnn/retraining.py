@@ -46,7 +46,8 @@ class TrainingJob:
 class Retrainer:
     """Decides when to retrain, trains in a thread, hands promoted models back."""
 
-    def __init__(self, cfg: TrainingConfig, registry: ModelRegistry, metrics: WorkerMetrics, seed: int = 0) -> None:
+    def __init__(self, cfg: TrainingConfig, registry: ModelRegistry | None, metrics: WorkerMetrics, seed: int = 0) -> None:
+        """``registry`` None keeps promoted models in memory only (offline scoring)."""
         self.cfg = cfg
         self.registry = registry
         self.metrics = metrics
@@ -126,13 +127,16 @@ class Retrainer:
             if not np.isfinite(res.best_val_loss):
                 raise FloatingPointError("validation loss is not finite")
             if res.best_val_loss < serving_loss - c.min_improvement:
-                meta = self.registry.publish(candidate, parent=job.serving_version, training_window=job.window,
-                                             val_loss=res.best_val_loss, parent_val_loss=serving_loss,
-                                             extra={"epochs": res.epochs, "stopped": res.stopped, "seconds": res.seconds})
-                self._promoted.put((candidate, meta.version))
+                if self.registry is not None:
+                    version = self.registry.publish(candidate, parent=job.serving_version, training_window=job.window,
+                                                    val_loss=res.best_val_loss, parent_val_loss=serving_loss,
+                                                    extra={"epochs": res.epochs, "stopped": res.stopped, "seconds": res.seconds}).version
+                else:
+                    version = f"{job.serving_version.split('+')[0]}+ft{self.runs + 1}"
+                self._promoted.put((candidate, version))
                 result = "promoted"
                 self.metrics.last_retrain_success.set(time.time())
-                log.info("retrain promoted %s (validation loss %.4f against %.4f of %s, %d epochs)", meta.version,
+                log.info("retrain promoted %s (validation loss %.4f against %.4f of %s, %d epochs)", version,
                          res.best_val_loss, serving_loss, job.serving_version, res.epochs)
             else:
                 result = "rejected"

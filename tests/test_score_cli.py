@@ -79,3 +79,23 @@ def test_several_sensors_and_bad_rows(tmp_path: Path) -> None:
     assert len(res) == 600 and list(res["sensor_id"][:4]) == ["a", "b", "a", "b"]
     assert res.loc[10, "anomaly_score"] == 0 and res.loc[11, "anomaly_score"] == 0
     assert res["anomaly_score"].between(0, 1).all()
+
+
+def test_inline_retraining_is_deterministic_and_never_looks_ahead(series_csv: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("training:\n  max_seconds: 10\n  max_epochs: 3\n  min_improvement: 0.0\n")
+    args = ("--config", str(cfg), "--retrain-every", "400")
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    score(series_csv, a, *args)
+    score(series_csv, b, *args)
+    assert a.read_bytes() == b.read_bytes()
+    df = pd.read_csv(series_csv)
+    cut = 1000
+    df.loc[cut:, "value"] = df.loc[cut:, "value"] * -2
+    changed, c = tmp_path / "changed.csv", tmp_path / "c.csv"
+    df.to_csv(changed, index=False)
+    score(changed, c, *args)
+    assert a.read_text().splitlines()[: cut + 1] == c.read_text().splitlines()[: cut + 1]
+    plain = tmp_path / "plain.csv"
+    score(series_csv, plain)
+    assert plain.read_bytes() != a.read_bytes()  # a retrained model did serve part of the file
