@@ -76,6 +76,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         retrainer = Retrainer(cfg.training.model_copy(update={"min_sensors": 1}), None, WorkerMetrics())
     out = score_frame(df, detector, batch_size=args.batch_size, retrainer=retrainer, retrain_every=args.retrain_every)
     out.to_csv(args.output, index=False, float_format="%.9g")
+    if args.plot:
+        from .plot import plot_scores
+
+        plot_scores(out, args.plot, cfg.alerts.threshold, title=args.input)
     return 0
 
 
@@ -144,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--config", help="YAML config (scoring/alerts/model sections apply)")
     s.add_argument("--batch-size", type=int, default=250, help="rows per detector batch, as a poll batch (default 250)")
+    s.add_argument("--plot", metavar="FILE.png", help="also draw the series, forecast band, score and alerts")
     s.add_argument("--retrain-every", type=int, default=0, help="run the scheduled retraining inline every N rows, on the history so far (default 0: off)")
     s.set_defaults(func=cmd_score)
 

@@ -173,3 +173,23 @@ def test_unknown_sensor_gets_no_score_until_it_has_a_forecast(model_file) -> Non
 def test_gru_forecaster_state_size() -> None:
     m = GRUForecaster(hidden_size=8, num_layers=2)
     assert m.state_size == 16
+
+
+def test_the_shipped_model_loads_and_its_checksum_matches(tmp_path) -> None:
+    import hashlib
+
+    from streamrnn.core.model import ModelFileError
+
+    path = default_model_path()
+    digest = path.with_name(path.name + ".sha256").read_text().split()[0]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    mf = load_model(path)
+    assert mf.sha256 == digest and mf.version == "default-1"
+    assert "synthetic" in mf.meta["trained_on"]
+    bad = tmp_path / "m.pt"
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0x01
+    bad.write_bytes(bytes(data))
+    (tmp_path / "m.pt.sha256").write_text(digest + "  m.pt\n")
+    with pytest.raises(ModelFileError, match="does not match"):
+        load_model(bad)

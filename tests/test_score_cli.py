@@ -99,3 +99,10 @@ def test_inline_retraining_is_deterministic_and_never_looks_ahead(series_csv: Pa
     plain = tmp_path / "plain.csv"
     score(series_csv, plain)
     assert plain.read_bytes() != a.read_bytes()  # a retrained model did serve part of the file
+
+
+def test_plot_draws_a_png(series_csv: Path, tmp_path: Path) -> None:
+    out, png = tmp_path / "o.csv", tmp_path / "o.png"
+    score(series_csv, out, "--plot", str(png))
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
