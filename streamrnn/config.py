@@ -123,7 +123,7 @@ class SinkConfig(_Section):
     max_retries: int = Field(5, ge=0, le=100, description="Retries of a failed send (connection error, 5xx, 429) before the event is dropped.")
     backoff_initial_seconds: float = Field(0.5, gt=0, description="First wait between retries (exponential with jitter).")
     backoff_max_seconds: float = Field(30.0, gt=0, description="Cap of the wait between retries.")
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers, e.g. Authorization: \"Bearer ${TOKEN}\".")
+    headers: dict[str, SecretStr] = Field(default_factory=dict, description="Extra HTTP headers, e.g. Authorization: \"Bearer ${TOKEN}\".")
     labels: dict[str, str] = Field(default_factory=dict, description="Static labels added to Alertmanager alerts (e.g. team, site).")
     alertname: str = Field("StreamrnnAnomaly", min_length=1, description="Alertmanager alertname label.")
     resend_interval_seconds: float = Field(60.0, gt=0, description="Alertmanager: re-send open alerts this often so they do not time out.")

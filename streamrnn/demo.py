@@ -60,9 +60,8 @@ class _Feed(threading.Thread):
             self.sent += len(ids)
             if self.fleet.tick % 150 == 0:  # a malformed message now and then shows the dead-letter path
                 self.producer.send(SENSORS_TOPIC, key=b"pump-bad", value=b'{"sensor_id": "pump-bad", "ts": "yesterday", "value": 1}')
-            for a in self.fleet._open.values():
-                if a.start_ts == float(ts[0]):
-                    _say(f"[feed ] injected {a.kind:<11} on {a.sensor_id} at {_iso(a.start_ts)}")
+            for a in self.fleet.started_at(float(ts[0])):
+                _say(f"[feed ] injected {a.kind:<11} on {a.sensor_id} at {_iso(a.start_ts)}")
             nxt += self.period
             self.stop_event.wait(max(0.0, nxt - time.monotonic()))
         self.producer.flush(5)

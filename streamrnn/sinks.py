@@ -122,7 +122,7 @@ class AlertSink:
     def _post(self, body: Any) -> None:
         data = json.dumps(body).encode()
         req = urllib.request.Request(self.url(), data=data, method="POST",
-                                     headers={"Content-Type": "application/json", **self.cfg.headers})
+                                     headers={"Content-Type": "application/json", **{k: v.get_secret_value() for k, v in self.cfg.headers.items()}})
         try:
             with urllib.request.urlopen(req, timeout=self.cfg.timeout_seconds) as r:
                 r.read()

@@ -138,6 +138,10 @@ class SensorFleet:
         self.ts += self.interval
         return list(self.ids), ts, values, labels
 
+    def started_at(self, ts: float) -> list[Anomaly]:
+        """Anomalies that began at this timestamp (still running)."""
+        return [a for a in self._open.values() if a.start_ts == ts]
+
     def all_anomalies(self) -> list[Anomaly]:
         """Finished anomalies plus those still running (ending at the last tick so far)."""
         last = self.ts - self.interval

@@ -134,6 +134,14 @@ def run_worker(tmp_path: Path) -> Iterator:
         w.kill()
 
 
+def as_messages(df) -> list[tuple[bytes, bytes]]:
+    """Rows ``sensor_id, ts, value`` of a frame as keyed JSON messages."""
+    import orjson
+
+    return [(s.encode(), orjson.dumps({"sensor_id": s, "ts": t, "value": v}))
+            for s, t, v in zip(df.sensor_id.tolist(), df.ts.tolist(), df.value.tolist())]
+
+
 def produce(kafka: EmbeddedBroker, topic: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
     """Produce keyed messages fast with confluent-kafka (placement as Java clients: murmur2)."""
     from confluent_kafka import Producer

@@ -74,9 +74,10 @@ def test_env_vars_expand_and_missing_ones_name_the_key(monkeypatch: pytest.Monke
 
 
 def test_effective_config_masks_secrets() -> None:
-    cfg = parse_config({"kafka": {"sasl_plain_password": "hunter2", "ssl_password": "p4ss"}})
+    cfg = parse_config({"kafka": {"sasl_plain_password": "hunter2", "ssl_password": "p4ss"},
+                        "alerts": {"sinks": [{"type": "webhook", "url": "http://h", "headers": {"Authorization": "Bearer t0k3n"}}]}})
     text = effective_config_yaml(cfg)
-    assert "hunter2" not in text and "p4ss" not in text
+    assert "hunter2" not in text and "p4ss" not in text and "t0k3n" not in text
     assert "sasl_plain_password: '**********'" in text
 
 

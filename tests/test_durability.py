@@ -16,7 +16,7 @@ from streamrnn.checkpoint import LocalStateStore
 from streamrnn.core import Detector, default_model_path, load_model
 from streamrnn.synthetic import SensorFleet
 
-from .conftest import consume_all, produce, worker_config
+from .conftest import as_messages, consume_all, produce, worker_config
 
 pytestmark = pytest.mark.kafka
 PARTS = 4
@@ -25,9 +25,7 @@ PARTS = 4
 def stream(seed: int, sensors: int = 30, ticks: int = 1000):
     fleet = SensorFleet(sensors, seed=seed, anomaly_rate=0.002, clean_ticks=200, min_gap=150)
     df = fleet.frame(ticks)
-    msgs = [(s.encode(), orjson.dumps({"sensor_id": s, "ts": t, "value": v}))
-            for s, t, v in zip(df.sensor_id.tolist(), df.ts.tolist(), df.value.tolist())]
-    return df, msgs
+    return df, as_messages(df)
 
 
 def reference(df) -> tuple[Detector, list[tuple[str, float, str]]]:
@@ -37,8 +35,11 @@ def reference(df) -> tuple[Detector, list[tuple[str, float, str]]]:
     return det, sorted((e.sensor_id, e.ts, e.event) for e in res.events)
 
 
-def alert_keys(kafka: EmbeddedBroker, topic: str) -> list[tuple[str, float, str]]:
-    return [(a["sensor_id"], a["ts"], a["event"]) for a in (orjson.loads(r.value) for r in consume_all(kafka, topic, idle=3.0))]
+def assert_alerts_match(kafka: EmbeddedBroker, topic: str, expected: list[tuple[str, float, str]]) -> None:
+    """The alerts topic holds exactly the expected events, none of them twice."""
+    events = [(a["sensor_id"], a["ts"], a["event"]) for a in (orjson.loads(r.value) for r in consume_all(kafka, topic, idle=3.0))]
+    assert len(events) == len(set(events)), "an alert event was published twice"
+    assert sorted(events) == expected
 
 
 def start_feeder(kafka: EmbeddedBroker, topic: str, msgs: list, chunk: int, pause: float) -> tuple[threading.Thread, threading.Event]:
@@ -98,9 +99,7 @@ def test_kill_9_at_random_points_loses_nothing_and_duplicates_no_alert(kafka: Em
         stop.set()
         feeder.join()
 
-    events = alert_keys(kafka, f"{topic}-alerts")
-    assert len(events) == len(set(events)), "an alert event was published twice"
-    assert sorted(events) == ref_events
+    assert_alerts_match(kafka, f"{topic}-alerts", ref_events)
 
     states = LocalStateStore(tmp_path / "state").load([(topic, p) for p in range(PARTS)])
     got = {sid: row for st in states.values() for sid, row in zip(st.ids, st.rows)}
@@ -140,9 +139,7 @@ def test_two_workers_share_partitions_and_a_survivor_takes_over_from_the_changel
     finally:
         stop.set()
         feeder.join()
-    events = alert_keys(kafka, f"{topic}-alerts")
-    assert len(events) == len(set(events)), "an alert event was published twice"
-    assert sorted(events) == ref_events
+    assert_alerts_match(kafka, f"{topic}-alerts", ref_events)
 
 
 def test_a_clean_restart_forecasts_from_the_saved_hidden_state(kafka: EmbeddedBroker, tmp_path: Path, run_worker) -> None:

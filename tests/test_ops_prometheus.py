@@ -16,7 +16,7 @@ import yaml
 from streamrnn.broker import EmbeddedBroker, free_port
 from streamrnn.synthetic import SensorFleet
 
-from .conftest import produce, worker_config
+from .conftest import as_messages, produce, worker_config
 from .ops import Alertmanager, Prometheus, WebhookReceiver, require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,9 +60,7 @@ def test_every_dashboard_query_and_rule_returns_data(kafka: EmbeddedBroker, tmp_
     dead_port = free_port()  # nothing listens here: that sink drops
     fleet = SensorFleet(20, seed=4, anomaly_rate=0.003, clean_ticks=120, min_gap=100)
     df = fleet.frame(600)
-    msgs = [(s.encode(), orjson.dumps({"sensor_id": s, "ts": t, "value": v}))
-            for s, t, v in zip(df.sensor_id.tolist(), df.ts.tolist(), df.value.tolist())]
-    msgs += [(b"bad", b"not json"), (b"bad", b'{"sensor_id": "x", "ts": 1, "value": "high"}')]
+    msgs = as_messages(df) + [(b"bad", b"not json"), (b"bad", b'{"sensor_id": "x", "ts": 1, "value": "high"}')]
     cfg, port = worker_config(kafka, tmp_path, topic, metrics={"top_sensors": 5, "top_sensors_interval_seconds": 0.5},
                               alerts={"sinks": [{"type": "webhook", "url": hook.url, "name": "hook"},
                                                 {"type": "webhook", "url": f"http://127.0.0.1:{dead_port}/", "name": "dead",
@@ -148,8 +146,7 @@ def test_a_dead_webhook_drops_and_counts_without_stopping_scoring(kafka: Embedde
         {"type": "webhook", "url": f"http://127.0.0.1:{free_port()}/nothing-here", "name": "dead", "max_retries": 2,
          "backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2, "timeout_seconds": 1, "max_queue": 5}]})
     w = run_worker(cfg, port)
-    produce(kafka, topic, [(s.encode(), orjson.dumps({"sensor_id": s, "ts": t, "value": v}))
-                           for s, t, v in zip(df.sensor_id.tolist(), df.ts.tolist(), df.value.tolist())])
+    produce(kafka, topic, as_messages(df))
     w.wait_metric("streamrnn_readings_scored_total", len(df), timeout=90)
     events = w.metric("streamrnn_alert_events_total")
     assert events > 5

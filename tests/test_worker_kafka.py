@@ -17,16 +17,11 @@ from streamrnn.checkpoint import LocalStateStore
 from streamrnn.core import Detector, default_model_path, load_model
 from streamrnn.synthetic import SensorFleet
 
-from .conftest import consume_all, produce, worker_config
+from .conftest import as_messages, consume_all, produce, worker_config
 
 pytestmark = pytest.mark.kafka
 
 ALERT_FIELDS = {"sensor_id", "ts", "value", "forecast", "residual", "anomaly_score", "threshold", "model_version", "event"}
-
-
-def as_messages(df) -> list[tuple[bytes, bytes]]:
-    return [(s.encode(), orjson.dumps({"sensor_id": s, "ts": t, "value": v}))
-            for s, t, v in zip(df.sensor_id.tolist(), df.ts.tolist(), df.value.tolist())]
 
 
 def committed_offsets(kafka: EmbeddedBroker, group: str, topic: str, partitions: int) -> dict[int, int]:
