@@ -109,6 +109,7 @@ class ScoringConfig(_Section):
     tail_halflife: float = Field(2000.0, gt=1, description="Half-life, in readings, of each sensor's residual tail estimate behind the score.")
     tail_prior_weight: float = Field(20.0, ge=0, description="Pseudo-readings of a Gaussian tail that a sensor's tail estimate is shrunk towards.")
     learn_after: int = Field(30, ge=0, description="Forecasts a sensor makes before its residuals start to calibrate its scores.")
+    use_predicted_std: bool = Field(False, description="Standardise residuals by the forecast's predicted deviation (variance head) instead of the sensor's normalising scale (measured worse on both the synthetic fleet and NAB DEV).")
     stuck_readings: int = Field(30, ge=0, description="Identical consecutive values that mark a normally noisy sensor as stuck (0 disables).")
 
 

@@ -62,6 +62,7 @@ class Detector:
             Column("h", "float32", 0.0, (model.state_size,)),
             Column("fc_mean", "float64", np.nan),
             Column("fc_std", "float64", np.nan),
+            Column("fc_scale", "float64", np.nan),
             Column("last_score", "float64", 0.0),
             # which source (e.g. Kafka partition) owns the sensor; set by the caller
             Column("owner", "int32", -1),
@@ -84,7 +85,8 @@ class Detector:
             model,
             model_version,
             FeatureBuilder(s.normaliser_halflife),
-            Scorer(s.calibration_halflife, s.calibration_clip, s.stuck_readings, s.tail_halflife, s.tail_prior_weight, s.learn_after),
+            Scorer(s.calibration_halflife, s.calibration_clip, s.stuck_readings, s.tail_halflife, s.tail_prior_weight, s.learn_after,
+                   s.use_predicted_std),
             Alerter(a.threshold, a.resolve_threshold, a.warmup_readings, a.open_after, a.resolve_after, a.cooldown_seconds),
             max_sensors=cfg.state.max_sensors,
             initial_capacity=cfg.state.initial_capacity,
@@ -152,6 +154,7 @@ class Detector:
             cols["h"][sl] = h_n.numpy()
             cols["fc_mean"][sl] = mean + std * mz.numpy()[rows, last]
             cols["fc_std"][sl] = std * np.exp(0.5 * logvar.numpy()[rows, last].astype(np.float64))
+            cols["fc_scale"][sl] = std
             warmed += len(sl)
         return warmed
 
@@ -255,10 +258,11 @@ class Detector:
         # The forecast for a reading was made at the sensor's previous reading.
         fc_mean = np.empty(m)
         fc_std = np.empty(m)
-        fc_mean[1:], fc_std[1:] = next_mean[:-1], next_std[:-1]
-        fc_mean[starts], fc_std[starts] = cols["fc_mean"][uslots], cols["fc_std"][uslots]
+        fc_scale = np.empty(m)  # the sensor's normalising scale when the forecast was made
+        fc_mean[1:], fc_std[1:], fc_scale[1:] = next_mean[:-1], next_std[:-1], std_after[:-1]
+        fc_mean[starts], fc_std[starts], fc_scale[starts] = cols["fc_mean"][uslots], cols["fc_std"][uslots], cols["fc_scale"][uslots]
         last = starts + lengths - 1
-        cols["fc_mean"][uslots], cols["fc_std"][uslots] = next_mean[last], next_std[last]
+        cols["fc_mean"][uslots], cols["fc_std"][uslots], cols["fc_scale"][uslots] = next_mean[last], next_std[last], std_after[last]
 
         # Phase C: scores and alert decisions, wave by wave (both are sequential in time).
         residual = np.empty(m)
@@ -270,7 +274,8 @@ class Detector:
         peak = np.empty(m)
         for sel in waves:
             sl = ks[sel]
-            residual[sel], score[sel] = self.scorer.step(cols, sl, kv[sel], fc_mean[sel], fc_std[sel])
+            spread = fc_std[sel] if self.scorer.use_predicted_std else fc_scale[sel]
+            residual[sel], score[sel] = self.scorer.step(cols, sl, kv[sel], fc_mean[sel], spread)
             high[sel], opened[sel], resolved[sel] = self.alerter.step(cols, sl, kt[sel], score[sel], count_after[sel])
             opened_ts[sel], peak[sel] = cols["opened_ts"][sl], cols["peak_score"][sl]
             cols["last_score"][sl] = score[sel]

@@ -61,7 +61,8 @@ class Scorer:
     """
 
     def __init__(self, calibration_halflife: float = 500.0, calibration_clip: float = 6.0, stuck_readings: int = 30,
-                 tail_halflife: float = 2000.0, prior_weight: float = 20.0, learn_after: int = 30) -> None:
+                 tail_halflife: float = 2000.0, prior_weight: float = 20.0, learn_after: int = 30,
+                 use_predicted_std: bool = False) -> None:
         self.alpha_min = 1.0 - 0.5 ** (1.0 / calibration_halflife)
         self.tail_alpha_min = 1.0 - 0.5 ** (1.0 / tail_halflife)
         self.prior_weight = float(prior_weight)
@@ -70,6 +71,9 @@ class Scorer:
         # The first forecasts of a sensor come from a normaliser that has seen only a
         # few values; learning the residual distribution from them would inflate it.
         self.learn_after = int(learn_after)
+        # Judge a residual against the forecast's own predicted deviation (True), or
+        # against the sensor's normalising scale only (False).
+        self.use_predicted_std = bool(use_predicted_std)
 
     @staticmethod
     def columns() -> list[Column]:
