@@ -142,7 +142,7 @@ def test_a_dead_webhook_drops_and_counts_without_stopping_scoring(kafka: Embedde
     kafka.create_topics({topic: 2, f"{topic}-alerts": 1, f"{topic}-dlq": 1})
     fleet = SensorFleet(20, seed=12, anomaly_rate=0.004, clean_ticks=100, min_gap=60)
     df = fleet.frame(800)
-    cfg, port = worker_config(kafka, tmp_path, topic, alerts={"sinks": [
+    cfg, port = worker_config(kafka, tmp_path, topic, logging={"format": "json"}, alerts={"log": True, "sinks": [
         {"type": "webhook", "url": f"http://127.0.0.1:{free_port()}/nothing-here", "name": "dead", "max_retries": 2,
          "backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2, "timeout_seconds": 1, "max_queue": 5}]})
     w = run_worker(cfg, port)
@@ -155,3 +155,9 @@ def test_a_dead_webhook_drops_and_counts_without_stopping_scoring(kafka: Embedde
     dropped = w.metric("streamrnn_alert_sink_dropped_total", {"sink": "dead"})
     assert dropped == events  # every notification is accounted for: none delivered, none lost silently
     assert w.terminate() == 0
+    # logging.format json: one object per line; alert lines carry sensor, partition and model
+    lines = [json.loads(ln) for ln in w.log().splitlines() if ln.startswith("{")]
+    assert lines and all({"time", "level", "logger", "message"} <= set(x) for x in lines)
+    alert_lines = [x for x in lines if x["logger"] == "streamrnn.alerts"]
+    assert len(alert_lines) == events
+    assert all(x["partition"] in (0, 1) and x["model_version"] == "default-1" and x["sensor_id"] for x in alert_lines)

@@ -246,3 +246,20 @@ def test_worker_falls_back_from_a_corrupt_model_file(kafka: EmbeddedBroker, tmp_
     assert w.metric("streamrnn_model_info", {"version": "v1"}) == 1
     assert w.terminate() == 0
     assert "unusable" in w.log() and "serving v1 instead of v2" in w.log()
+
+
+@pytest_kafka
+def test_train_command_reads_the_topics_retained_history(kafka: EmbeddedBroker, tmp_path: Path) -> None:
+    topic = "history"
+    kafka.create_topics({topic: 2})
+    rng = np.random.default_rng(6)
+    values = regime_b(np.arange(700), rng)[:6]
+    produce(kafka, topic, [(f"s{i}".encode(), orjson.dumps({"sensor_id": f"s{i}", "ts": 60.0 * k, "value": float(v)}))
+                           for k in range(values.shape[1]) for i, v in enumerate(values[:, k])])
+    cfg, _ = worker_config(kafka, tmp_path, topic, training={"min_improvement": 0.0, "max_seconds": 15, "max_epochs": 3})
+    p = subprocess.run([sys.executable, "-m", "streamrnn", "train", "--config", str(cfg)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "from 6 sensors" in p.stdout and "published v1" in p.stdout
+    meta = ModelRegistry(tmp_path / "state" / "models").meta("v1")
+    assert meta.training_window["source"] == "topics" and meta.training_window["readings"] == values.size

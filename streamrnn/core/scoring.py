@@ -51,13 +51,14 @@ PRIOR = np.maximum(1.0 - erf(GRID / _SQRT2), 1e-300)
 class Scorer:
     """Turns one wave of residuals into anomaly scores, learning each sensor's tail.
 
-    ``u`` is the residual over the forecast's predicted deviation, divided by the
-    sensor's running residual scale. Each sensor keeps an exponentially weighted rate
-    at which ``u`` exceeded each level of :data:`GRID`, shrunk towards a Gaussian
-    prior by ``prior_weight`` pseudo-readings. The score is one minus the estimated
-    probability of a ``u`` at least this large, interpolated log-linearly: a sensor
-    whose forecasts often miss by 8 deviations does not alarm at 8, one whose never
-    do alarms well below it.
+    ``u`` is the residual over the spread the detector passes (the sensor's normalising
+    scale, or with ``use_predicted_std`` the forecast's predicted deviation), divided
+    by the sensor's running residual scale. Each sensor keeps an exponentially
+    weighted rate at which ``u`` exceeded each level of :data:`GRID`, shrunk towards a
+    Gaussian prior by ``prior_weight`` pseudo-readings; the tail probability of a ``u``
+    at least this large is interpolated log-linearly and mapped to the score by
+    :func:`score_from_probability`. A sensor whose forecasts often miss by 8 does not
+    alarm at 8; one whose forecasts never do alarms well below it.
     """
 
     def __init__(self, calibration_halflife: float = 500.0, calibration_clip: float = 6.0, stuck_readings: int = 30,
@@ -104,11 +105,11 @@ class Scorer:
         y = y0 + slope * (lu - x0)
         return np.where(u <= GRID[0], 1.0, np.exp(np.minimum(y, 0.0)))
 
-    def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, values: np.ndarray, fc_mean: np.ndarray, fc_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, values: np.ndarray, fc_mean: np.ndarray, spread: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores for one wave; returns ``(residual, score)``. No forecast yet: score 0."""
         residual = values - fc_mean
         has_fc = np.isfinite(residual)
-        r = np.where(has_fc, np.abs(residual) / np.where(has_fc, fc_std, 1.0), 0.0)
+        r = np.where(has_fc, np.abs(residual) / np.where(has_fc, spread, 1.0), 0.0)
 
         scale2 = cols["cal_scale2"][slots]
         n = cols["cal_n"][slots]
