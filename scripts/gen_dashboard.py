@@ -35,7 +35,7 @@ PANELS = [
     ("Retrain runs by result", "timeseries", "short", [(f"sum by (result) (increase(streamrnn_retrain_runs_total[{R}]))", "{{result}}"),
                                                        ("max(streamrnn_retrain_in_progress)", "in progress")], 12),
     ("Hours since the last promoted model", "stat", "h", [("max(time() - streamrnn_last_successful_retrain_timestamp_seconds) / 3600", "hours")], 6),
-    ("Retrain duration p90", "stat", "s", [(f"histogram_quantile(0.9, sum by (le) (rate(streamrnn_retrain_duration_seconds_bucket[1d])))", "p90")], 6),
+    ("Retrain duration p90", "stat", "s", [("histogram_quantile(0.9, sum by (le) (rate(streamrnn_retrain_duration_seconds_bucket[1d])))", "p90")], 6),
     ("Alert sink notifications", "timeseries", "short", [(f"sum by (sink) (increase(streamrnn_alert_sink_sent_total[{R}]))", "sent {{sink}}"),
                                                          (f"sum by (sink, reason) (increase(streamrnn_alert_sink_dropped_total[{R}]))", "dropped {{sink}} {{reason}}")], 12),
 ]

@@ -28,8 +28,6 @@ class Reason:
     BAD_TIMESTAMP = "bad_timestamp"
     OUT_OF_ORDER = "out_of_order"
 
-    ALL = (NOT_JSON, NOT_OBJECT, MISSING_FIELD, NON_NUMERIC_VALUE, NON_FINITE_VALUE, BAD_TIMESTAMP, OUT_OF_ORDER)
-
 
 @dataclass(frozen=True)
 class Rejection:

@@ -14,9 +14,7 @@ from .core import Detector
 from .messages import parse_timestamp
 from .retraining import Retrainer
 
-__all__ = ["score_frame", "read_readings_csv", "OUTPUT_COLUMNS"]
-
-OUTPUT_COLUMNS = ["timestamp", "value", "forecast", "forecast_std", "residual", "anomaly_score", "is_anomaly"]
+__all__ = ["score_frame", "read_readings_csv"]
 
 
 def _to_float(x: object) -> float:

@@ -28,7 +28,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .features import N_FEATURES
 
-__all__ = ["GRUForecaster", "ModelFile", "ModelFileError", "save_model", "load_model", "default_model_path", "sha256_file", "atomic_write_bytes"]
+__all__ = ["GRUForecaster", "ModelFile", "ModelFileError", "save_model", "load_model", "default_model_path", "atomic_write_bytes"]
 
 LOGVAR_MIN, LOGVAR_MAX = -9.0, 6.0
 
@@ -92,15 +92,6 @@ class ModelFile:
     version: str
     meta: dict[str, Any]
     sha256: str
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

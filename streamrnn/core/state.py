@@ -4,7 +4,8 @@ Each component of the detector (features, forecaster, scorer, alerter) declares 
 per-sensor columns it needs; the bank allocates them, grows them by doubling as new
 sensors appear, evicts the least recently seen sensor beyond ``max_sensors`` and
 snapshots/restores them all at once. Keeping state as a struct of arrays is what lets
-one wave of a batch gather and scatter all its sensors with one fancy index.
+one wave of a batch gather and scatter all its sensors with one fancy index, and what
+lets a checkpoint pack a partition's sensors into rows of one structured dtype.
 """
 
 from __future__ import annotations
@@ -65,10 +66,6 @@ class StateBank:
     def slot(self, sensor_id: str) -> int | None:
         """The slot of a known sensor, else None."""
         return self._slot_of.get(sensor_id)
-
-    def sensor_ids(self) -> list[str]:
-        """Ids of all sensors held."""
-        return list(self._slot_of)
 
     def held(self) -> tuple[list[str], np.ndarray]:
         """Ids of all sensors held and their slots, in matching order."""
@@ -192,28 +189,3 @@ class StateBank:
             if name in self.arrays and len(slots):
                 self.arrays[name][slots] = rows[name]
         return slots
-
-    # -- snapshots ------------------------------------------------------------
-    def snapshot(self, sensor_ids: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-        """Compact copy of the state of the given sensors (default all), for checkpoints."""
-        ids = list(self._slot_of) if sensor_ids is None else [s for s in sensor_ids if s in self._slot_of]
-        idx = np.fromiter((self._slot_of[s] for s in ids), dtype=np.int64, count=len(ids))
-        snap = {f"col.{k}": a[idx] for k, a in self.arrays.items()}
-        snap["sensor_ids"] = np.array(ids, dtype=object).astype(str) if ids else np.zeros(0, dtype="<U1")
-        return snap
-
-    def restore(self, snap: dict[str, np.ndarray]) -> int:
-        """Load sensors from a snapshot (overwriting those already held); returns how many.
-
-        Columns missing from the snapshot keep their fresh value, so a checkpoint from an
-        older version with fewer columns still restores.
-        """
-        ids = [str(s) for s in snap["sensor_ids"].tolist()]
-        if not ids:
-            return 0
-        slots = self.assign(ids)
-        for name in self.columns:
-            key = f"col.{name}"
-            if key in snap:
-                self.arrays[name][slots] = snap[key]
-        return len(ids)
