@@ -168,6 +168,7 @@ class TrainingConfig(_Section):
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate for fine-tuning.")
     batch_size: int = Field(64, ge=1, description="Sequences per optimisation step.")
     burn_in: int = Field(16, ge=0, description="Steps of each sequence that only warm the state (no loss).")
+    process: bool = Field(True, description="Train in a separate process (scoring keeps its own interpreter lock and core); false trains in a thread.")
     registry_keep: int = Field(5, ge=1, description="Model versions kept in the registry.")
     registry_poll_seconds: float = Field(30.0, gt=0, description="How often the worker checks the registry for a new serving version (rollback, other trainers).")
 

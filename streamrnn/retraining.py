@@ -4,7 +4,8 @@ Between two batches the worker asks :class:`Retrainer` whether a run is due (eve
 ``interval_seconds`` and/or every ``every_readings`` scored readings). If so, training
 data is cut from the history rings *in the scoring thread* (a small copy: at most
 ``max_sensors`` sensors, one sequence each, so chatty sensors cannot dominate) and a
-background thread fine-tunes a copy of the serving model within its time budget. The
+separate process (or, with ``training.process: false``, a thread) fine-tunes a copy of
+the serving model within its time budget; a helper thread waits for it. The
 most recent ``validation_fraction`` of every sequence is held out; the candidate is
 published to the registry and handed back for a hot swap only if its validation loss
 beats the serving model's by ``min_improvement``. Scoring never waits for training.
@@ -13,13 +14,16 @@ beats the serving model's by ``min_improvement``. Scoring never waits for traini
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
+import multiprocessing as mp
 import queue
 import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .config import TrainingConfig
 from .core import Detector, GRUForecaster
@@ -27,7 +31,7 @@ from .core.training import Trainer, ring_targets
 from .metrics import WorkerMetrics
 from .registry import ModelRegistry
 
-__all__ = ["Retrainer", "TrainingJob"]
+__all__ = ["Retrainer", "TrainingJob", "Outcome", "fit_candidate"]
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +42,59 @@ class TrainingJob:
 
     x: np.ndarray
     lengths: np.ndarray
-    serving: GRUForecaster
+    serving: GRUForecaster | None
     serving_version: str
     window: dict[str, float | int]
+
+
+@dataclass
+class Outcome:
+    """What one training run produced (picklable, so a child process can return it)."""
+
+    result: str
+    state_dict: dict | None = None
+    val_loss: float = float("nan")
+    serving_loss: float = float("nan")
+    epochs: int = 0
+    stopped: str = ""
+    seconds: float = 0.0
+    error: str = ""
+
+
+def fit_candidate(cfg: TrainingConfig, job: TrainingJob, seed: int, should_stop=None) -> Outcome:
+    """Fine-tune a copy of the serving model on the job and apply the validation gate."""
+    trainer = Trainer(lr=cfg.learning_rate, batch_size=cfg.batch_size, max_epochs=cfg.max_epochs, max_seconds=cfg.max_seconds,
+                      patience=cfg.patience, burn_in=cfg.burn_in, seed=seed)
+    y, train_mask, val_mask = ring_targets(job.x, job.lengths, cfg.validation_fraction, cfg.burn_in)
+    serving_loss = trainer.evaluate(job.serving, job.x, y, val_mask)
+    candidate = copy.deepcopy(job.serving)
+    res = trainer.fit_masked(candidate, job.x, y, train_mask, job.x, y, val_mask, should_stop=should_stop)
+    if should_stop is not None and should_stop():
+        return Outcome("cancelled")
+    if not np.isfinite(res.best_val_loss):
+        return Outcome("failed", error="validation loss is not finite")
+    promoted = res.best_val_loss < serving_loss - cfg.min_improvement
+    # numpy, not tensors: torch would pass tensors between processes through shared
+    # memory handles that vanish when the training process exits
+    return Outcome("promoted" if promoted else "rejected",
+                   {k: v.detach().cpu().numpy().copy() for k, v in candidate.state_dict().items()} if promoted else None,
+                   res.best_val_loss, serving_loss, res.epochs, res.stopped, res.seconds)
+
+
+def _child_main(conn, cfg: TrainingConfig, job: TrainingJob, arch: dict, weights: dict, seed: int) -> None:
+    """Entry point of the training process: one thread, one run, one result back."""
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        serving = GRUForecaster(**arch)
+        serving.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+        job = dataclasses.replace(job, serving=serving.eval())
+        outcome = fit_candidate(cfg, job, seed)
+    except Exception as e:
+        outcome = Outcome("failed", error=f"{type(e).__name__}: {e}")
+    conn.send(outcome)
+    conn.close()
 
 
 class Retrainer:
@@ -84,7 +138,8 @@ class Retrainer:
             log.info("retrain skipped: fewer than %d sensors with %d readings of history", self.cfg.min_sensors,
                      self.cfg.min_history)
             return False
-        self._thread = threading.Thread(target=self.run, args=(job,), name="retrain", daemon=True)
+        target = self._run_in_child if self.cfg.process else self.run
+        self._thread = threading.Thread(target=target, args=(job,), name="retrain", daemon=True)
         self._thread.start()
         return True
 
@@ -108,51 +163,81 @@ class Retrainer:
                            window=window)
 
     def run(self, job: TrainingJob) -> str:
-        """Train, gate and publish; returns the result label (also counted)."""
-        c = self.cfg
+        """Train in this thread, gate and publish; returns the result label (also counted)."""
         t0 = time.monotonic()
         self.metrics.retrain_in_progress.set(1)
-        result = "failed"
         try:
-            trainer = Trainer(lr=c.learning_rate, batch_size=c.batch_size, max_epochs=c.max_epochs, max_seconds=c.max_seconds,
-                              patience=c.patience, burn_in=c.burn_in, seed=self.runs)
-            y, train_mask, val_mask = ring_targets(job.x, job.lengths, c.validation_fraction, c.burn_in)
-            serving_loss = trainer.evaluate(job.serving, job.x, y, val_mask)
-            candidate = copy.deepcopy(job.serving)
-            res = trainer.fit_masked(candidate, job.x, y, train_mask, job.x, y, val_mask, should_stop=self._stop.is_set)
-            if self._stop.is_set():
-                log.info("retrain cancelled by shutdown")
-                result = "cancelled"
-                return result
-            if not np.isfinite(res.best_val_loss):
-                raise FloatingPointError("validation loss is not finite")
-            if res.best_val_loss < serving_loss - c.min_improvement:
+            outcome = fit_candidate(self.cfg, job, self.runs, self._stop.is_set)
+        except Exception as e:  # training must never take scoring down
+            outcome = Outcome("failed", error=f"{type(e).__name__}: {e}")
+        return self._finish(job, outcome, t0)
+
+    def _run_in_child(self, job: TrainingJob) -> str:
+        """Train in a separate process (no GIL shared with scoring), then gate and publish here."""
+        t0 = time.monotonic()
+        self.metrics.retrain_in_progress.set(1)
+        ctx = mp.get_context("spawn")
+        recv, send = ctx.Pipe(duplex=False)
+        weights = {k: v.detach().cpu().numpy() for k, v in job.serving.state_dict().items()}
+        proc = ctx.Process(target=_child_main, args=(send, self.cfg, dataclasses.replace(job, serving=None), job.serving.arch(),
+                                                     weights, self.runs), name="streamrnn-retrain", daemon=True)
+        try:
+            proc.start()
+            send.close()
+            outcome = Outcome("failed", error="training process exited without a result")
+            while not self._stop.is_set():
+                if recv.poll(0.2):
+                    outcome = recv.recv()
+                    break
+                if not proc.is_alive():
+                    break
+            else:
+                outcome = Outcome("cancelled")
+        except Exception as e:
+            outcome = Outcome("failed", error=f"{type(e).__name__}: {e}")
+        finally:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join(5)
+            recv.close()
+        return self._finish(job, outcome, t0)
+
+    def _finish(self, job: TrainingJob, outcome: "Outcome", t0: float) -> str:
+        c = self.cfg
+        result = outcome.result
+        try:
+            if result == "promoted":
+                candidate = copy.deepcopy(job.serving)
+                candidate.load_state_dict({k: torch.from_numpy(v) for k, v in outcome.state_dict.items()})
+                candidate.eval()
                 if self.registry is not None:
                     version = self.registry.publish(candidate, parent=job.serving_version, training_window=job.window,
-                                                    val_loss=res.best_val_loss, parent_val_loss=serving_loss,
-                                                    extra={"epochs": res.epochs, "stopped": res.stopped, "seconds": res.seconds}).version
+                                                    val_loss=outcome.val_loss, parent_val_loss=outcome.serving_loss,
+                                                    extra={"epochs": outcome.epochs, "stopped": outcome.stopped,
+                                                           "seconds": outcome.seconds}).version
                 else:
                     version = f"{job.serving_version.split('+')[0]}+ft{self.runs + 1}"
                 self._promoted.put((candidate, version))
-                result = "promoted"
                 self.metrics.last_retrain_success.set(time.time())
                 log.info("retrain promoted %s (validation loss %.4f against %.4f of %s, %d epochs)", version,
-                         res.best_val_loss, serving_loss, job.serving_version, res.epochs)
+                         outcome.val_loss, outcome.serving_loss, job.serving_version, outcome.epochs)
+            elif result == "rejected":
+                log.info("retrain rejected: validation loss %.4f does not beat %.4f of %s by %.4f", outcome.val_loss,
+                         outcome.serving_loss, job.serving_version, c.min_improvement)
+            elif result == "cancelled":
+                log.info("retrain cancelled by shutdown")
             else:
-                result = "rejected"
-                log.info("retrain rejected: validation loss %.4f does not beat %.4f of %s by %.4f", res.best_val_loss,
-                         serving_loss, job.serving_version, c.min_improvement)
-            return result
-        except Exception as e:  # training must never take scoring down
-            log.error("retrain failed: %s", e, exc_info=not isinstance(e, FloatingPointError))
+                log.error("retrain failed: %s", outcome.error)
+        except Exception as e:  # publishing failed: the serving model stays
+            log.error("retrain failed while publishing: %s", e)
             result = "failed"
-            return result
         finally:
             self.runs += 1
             if result != "cancelled":
                 self.metrics.retrain_runs.labels(result=result).inc()
                 self.metrics.retrain_seconds.observe(time.monotonic() - t0)
             self.metrics.retrain_in_progress.set(0)
+        return result
 
     def take_promoted(self) -> tuple[GRUForecaster, str] | None:
         """A model promoted since the last call, if any (for the hot swap)."""
