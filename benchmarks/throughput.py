@@ -99,10 +99,10 @@ def worker_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_reco
     in_flight: list[bool] = []
     inner = w.handle_batch
 
-    def timed(records):  # instrumentation only: when the first and last records were handled
+    def timed(batch):  # instrumentation only: when the first and last records were handled
         marks.setdefault("first", time.perf_counter())
         b0 = time.perf_counter()
-        inner(records)
+        inner(batch)
         marks["last"] = time.perf_counter()
         durations.append(marks["last"] - b0)
         in_flight.append(bool(w.metrics.retrain_in_progress._value.get()))

@@ -177,32 +177,17 @@ class ChangelogStateStore:
 
     def load(self, partitions: list[Partition], timeout: float = 120.0) -> dict[Partition, PartitionState]:
         """Read the changelog to its end and rebuild the requested partitions."""
-        from kafka import KafkaConsumer
         from kafka.structs import TopicPartition
+
+        from .transport import read_to_end
 
         wanted = {f"{t}/{p}/": (t, p) for t, p in partitions}
         if not wanted:
             return {}
-        cps = sorted({self._cp(tp) for tp in partitions})
-        c = KafkaConsumer(group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50, max_poll_records=20000,
-                          max_partition_fetch_bytes=16 << 20, **self._settings)
+        start = {TopicPartition(self.topic, cp): None for cp in sorted({self._cp(tp) for tp in partitions})}
         latest: dict[bytes, bytes] = {}
-        try:
-            tps = [TopicPartition(self.topic, p) for p in cps]
-            c.assign(tps)
-            c.seek_to_beginning(*tps)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                for recs in c.poll(timeout_ms=200).values():
-                    for r in recs:
-                        latest[r.key] = r.value
-                # the high watermark comes with fetch responses (not ListOffsets, which some brokers get wrong)
-                if all(c.highwater(tp) is not None and c.position(tp) >= c.highwater(tp) for tp in tps):
-                    break
-            else:
-                raise CheckpointError(f"changelog {self.topic} not read to its end within {timeout}s")
-        finally:
-            c.close()
+        for r in read_to_end(self.kafka_cfg, start, timeout, max_poll_records=20000, max_partition_fetch_bytes=16 << 20):
+            latest[r.key] = r.value  # compaction semantics: the last value per key wins
         rows: dict[Partition, tuple[list[str], list[bytes]]] = {tp: ([], []) for tp in partitions}
         metas: dict[Partition, dict] = {}
         header = _MAGIC + self.schema

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -52,34 +51,32 @@ def _read_topics(cfg: Config) -> pd.DataFrame:
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition
 
-    from .transport import client_settings
+    from .transport import client_settings, read_to_end
 
-    c = KafkaConsumer(group_id=None, enable_auto_commit=False, fetch_max_wait_ms=100, max_poll_records=10000,
-                      **client_settings(cfg.kafka))
+    meta = KafkaConsumer(group_id=None, **client_settings(cfg.kafka))
     try:
-        parts = [TopicPartition(t, p) for t in cfg.kafka.topics for p in sorted(c.partitions_for_topic(t) or [])]
-        c.assign(parts)
-        c.seek_to_beginning(*parts)
-        dec = MessageDecoder(cfg.message.sensor_field, cfg.message.time_field, cfg.message.value_field)
-        ids: list[str] = []
-        ts: list[float] = []
-        vals: list[float] = []
-        idle_since = time.monotonic()
-        with tqdm(desc="reading topics", unit=" msg", file=sys.stderr) as bar:
-            while True:
-                recs = [r for rs in c.poll(timeout_ms=500).values() for r in rs]
-                if recs:
-                    d = dec.decode([r.value for r in recs])
-                    ids += d.sensor_ids
-                    ts += d.ts
-                    vals += d.values
-                    bar.update(len(recs))
-                    idle_since = time.monotonic()
-                done = all(c.highwater(tp) is not None and c.position(tp) >= c.highwater(tp) for tp in parts)
-                if done or time.monotonic() - idle_since > 5:
-                    break
+        parts = [TopicPartition(t, p) for t in cfg.kafka.topics for p in sorted(meta.partitions_for_topic(t) or [])]
     finally:
-        c.close()
+        meta.close()
+    dec = MessageDecoder(cfg.message.sensor_field, cfg.message.time_field, cfg.message.value_field)
+    ids: list[str] = []
+    ts: list[float] = []
+    vals: list[float] = []
+    chunk: list[bytes | None] = []
+
+    def flush() -> None:
+        d = dec.decode(chunk)
+        ids.extend(d.sensor_ids), ts.extend(d.ts), vals.extend(d.values)
+        chunk.clear()
+
+    with tqdm(desc="reading topics", unit=" msg", file=sys.stderr) as bar:
+        for r in read_to_end(cfg.kafka, {tp: None for tp in parts}, timeout=3600, max_poll_records=10000):
+            chunk.append(r.value)
+            if len(chunk) >= 10000:
+                bar.update(len(chunk))
+                flush()
+        bar.update(len(chunk))
+        flush()
     return pd.DataFrame({"sensor_id": ids, "ts": ts, "value": vals})
 
 

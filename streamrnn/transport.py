@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, Iterator, Protocol
+
+import numpy as np
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
@@ -19,21 +21,46 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from .config import KafkaConfig
 
-__all__ = ["Record", "KafkaTransport", "KafkaError", "Partition"]
+__all__ = ["Record", "Batch", "KafkaTransport", "KafkaError", "Partition", "client_settings", "read_to_end"]
 
 log = logging.getLogger(__name__)
 
 Partition = tuple[str, int]
 
 
-class Record(NamedTuple):
-    """One consumed message."""
+class Record(Protocol):
+    """One consumed message (kafka-python's ConsumerRecord has these attributes)."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
+
+
+@dataclass
+class Batch:
+    """One poll: the records, and per partition the slice of them it contributed.
+
+    Records of one partition are contiguous and in offset order, so per-partition
+    facts (message counts, the next offset to commit, which partition owns a reading)
+    come from the spans instead of a Python pass over every record.
+    """
+
+    records: list[Record]
+    spans: list[tuple[Partition, int, int]]  # (partition, start, end) into records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def next_offsets(self) -> dict[Partition, int]:
+        """The offset after the last record of each partition."""
+        return {tp: self.records[end - 1].offset + 1 for tp, _, end in self.spans}
+
+    def partition_index(self, index_of: dict[Partition, int]) -> np.ndarray:
+        """For every record, ``index_of`` its partition (-1 when absent)."""
+        codes = np.array([index_of.get(tp, -1) for tp, _, _ in self.spans], dtype=np.int32)
+        return np.repeat(codes, [end - start for _, start, end in self.spans])
 
 
 def client_settings(cfg: KafkaConfig) -> dict[str, object]:
@@ -56,6 +83,40 @@ def client_settings(cfg: KafkaConfig) -> dict[str, object]:
                  ssl_password=cfg.ssl_password.get_secret_value() if cfg.ssl_password else None,
                  ssl_check_hostname=cfg.ssl_check_hostname)
     return s
+
+
+def read_to_end(cfg: KafkaConfig, start: dict[TopicPartition, int | None], timeout: float = 120.0,
+                **consumer_settings: object) -> Iterator:
+    """Records of these partitions from ``start`` (None: the beginning) to their current end.
+
+    The end is the high watermark that fetch responses carry, not ListOffsets (which
+    some Kafka-compatible brokers answer wrongly). Raises ``KafkaTimeoutError`` when the
+    end is not reached within ``timeout`` seconds.
+    """
+    from kafka.errors import KafkaTimeoutError
+
+    if not start:
+        return
+    c = KafkaConsumer(group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50,
+                      **{**client_settings(cfg), **consumer_settings})
+    try:
+        tps = list(start)
+        c.assign(tps)
+        for tp, off in start.items():
+            if off is None:
+                c.seek_to_beginning(tp)
+            else:
+                c.seek(tp, off)
+        deadline = time.monotonic() + timeout
+        while True:
+            for recs in c.poll(timeout_ms=200).values():
+                yield from recs
+            if all(c.highwater(tp) is not None and c.position(tp) >= c.highwater(tp) for tp in tps):
+                return
+            if time.monotonic() > deadline:
+                raise KafkaTimeoutError(f"{sorted(str(tp) for tp in tps)} not read to their end within {timeout}s")
+    finally:
+        c.close()
 
 
 @dataclass
@@ -111,13 +172,16 @@ class KafkaTransport:
         self.consumer.subscribe(list(cfg.topics), listener=_Listener(on_assign, on_revoke))
         self._warned_reachability = False
 
-    def poll(self, timeout_ms: int) -> list[Record]:
+    def poll(self, timeout_ms: int) -> Batch:
         """One batch of records across the assigned partitions (may be empty)."""
-        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.max_poll_records)
-        out: list[Record] = []
-        for recs in batches.values():
-            out.extend(Record(r.topic, r.partition, r.offset, r.key, r.value) for r in recs)
-        return out
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.max_poll_records)
+        records: list[Record] = []
+        spans: list[tuple[Partition, int, int]] = []
+        for tp, recs in polled.items():
+            if recs:
+                spans.append(((tp.topic, tp.partition), len(records), len(records) + len(recs)))
+                records.extend(recs)
+        return Batch(records, spans)
 
     def commit(self, offsets: dict[Partition, int]) -> None:
         """Commit ``next offset to read`` per partition, synchronously."""
@@ -142,26 +206,13 @@ class KafkaTransport:
         """``(sensor_id, ts, event)`` of the alerts published from these offsets to the end."""
         import orjson
 
-        c = KafkaConsumer(group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50, **client_settings(self.cfg))
         keys: set[tuple[str, float, str]] = set()
-        try:
-            tps = [TopicPartition(topic, p) for p in from_offsets]
-            c.assign(tps)
-            for tp in tps:
-                c.seek(tp, from_offsets[tp.partition])
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                for recs in c.poll(timeout_ms=200).values():
-                    for r in recs:
-                        try:
-                            a = orjson.loads(r.value)
-                            keys.add((a["sensor_id"], float(a["ts"]), a["event"]))
-                        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                            continue
-                if all(c.highwater(tp) is not None and c.position(tp) >= c.highwater(tp) for tp in tps):
-                    break
-        finally:
-            c.close()
+        for r in read_to_end(self.cfg, {TopicPartition(topic, p): o for p, o in from_offsets.items()}, timeout):
+            try:
+                a = orjson.loads(r.value)
+                keys.add((a["sensor_id"], float(a["ts"]), a["event"]))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
         return keys
 
     def flush(self, timeout_s: float) -> None:

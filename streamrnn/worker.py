@@ -10,7 +10,6 @@ belongs to partitions: restored on assignment, saved on revocation.
 
 from __future__ import annotations
 
-import collections
 import logging
 import signal
 import threading
@@ -31,7 +30,7 @@ from .metrics import MetricsServer, WorkerMetrics
 from .registry import ModelRegistry
 from .retraining import Retrainer
 from .sinks import AlertSink, build_sinks
-from .transport import KafkaError, KafkaTransport, Partition, Record
+from .transport import Batch, KafkaError, KafkaTransport, Partition, Record
 
 __all__ = ["Worker", "load_detector"]
 
@@ -79,7 +78,6 @@ class Worker:
         self.server: MetricsServer | None = None
         self._stop = threading.Event()
         self._pending: dict[Partition, int] = {}
-        self._dirty = False
         self._last_checkpoint = time.monotonic()
         self._evicted_seen = 0
         self._broker_up = False
@@ -120,7 +118,7 @@ class Worker:
             backoff = self.cfg.kafka.reconnect_backoff_initial_seconds
             while not self._stop.is_set():
                 try:
-                    records = self.transport.poll(self.cfg.kafka.poll_timeout_ms)
+                    batch = self.transport.poll(self.cfg.kafka.poll_timeout_ms)
                 except KafkaError as e:
                     # The client reconnects by itself; wait (interruptibly) and poll again.
                     self._set_broker_up(False)
@@ -130,11 +128,11 @@ class Worker:
                     backoff = min(backoff * 2, self.cfg.kafka.reconnect_backoff_max_seconds)
                     continue
                 backoff = self.cfg.kafka.reconnect_backoff_initial_seconds
-                if records:
-                    self.handle_batch(records)
+                if len(batch):
+                    self.handle_batch(batch)
                 self._observe()
                 self._model_lifecycle()
-                if self._dirty and time.monotonic() - self._last_checkpoint >= interval:
+                if self._pending and time.monotonic() - self._last_checkpoint >= interval:
                     self.checkpoint_and_commit()
             self.checkpoint_and_commit()
             return 0
@@ -194,19 +192,18 @@ class Worker:
         return ChangelogStateStore(self.cfg.kafka, topic, self.detector.bank.row_dtype, parts)
 
     # -- the batch ----------------------------------------------------------------
-    def handle_batch(self, records: list[Record]) -> None:
+    def handle_batch(self, batch: Batch) -> None:
         """Decode, score and alert one poll batch; remember its offsets for the next commit."""
         t0 = time.perf_counter()
-        for topic, n in collections.Counter(r.topic for r in records).items():
-            self.metrics.messages_consumed.labels(topic=topic).inc(n)
+        records = batch.records
+        for (topic, _), start, end in batch.spans:
+            self.metrics.messages_consumed.labels(topic=topic).inc(end - start)
         decoded = self.decoder.decode([r.value for r in records])
         for rej in decoded.rejections:
             self._dead_letter(records[rej.index], rej.reason, rej.detail)
 
-        part_of = {tp: self._part_index(tp) for tp in self._assigned}
-        owner = np.fromiter((part_of.get((records[i].topic, records[i].partition), -1) for i in decoded.index),
-                            dtype=np.int32, count=len(decoded.index))
-        res = self.detector.process(decoded.sensor_ids, decoded.ts, decoded.values, owner)
+        owner = batch.partition_index({tp: self._part_index(tp) for tp in self._assigned})
+        res = self.detector.process(decoded.sensor_ids, decoded.ts, decoded.values, owner[decoded.index])
         stale = np.flatnonzero(~res.accepted)
         if len(stale):
             if self.cfg.message.out_of_order == "dead_letter":
@@ -218,8 +215,7 @@ class Worker:
         for ev, i in zip(res.events, res.event_index):
             self._publish(ev, records[decoded.index[i]].partition)
 
-        self._pending.update({(r.topic, r.partition): r.offset + 1 for r in records})
-        self._dirty = True
+        self._pending.update(batch.next_offsets())
         m = self.metrics
         m.readings_scored.inc(res.n_scored)
         self._scored_total += res.n_scored
@@ -331,7 +327,6 @@ class Worker:
             return True
         todo = {tp: off for tp, off in self._pending.items() if partitions is None or tp in partitions}
         if not todo:
-            self._dirty = partitions is not None and self._dirty
             return True
         try:
             self.transport.flush(_FLUSH_TIMEOUT_S)
@@ -375,7 +370,6 @@ class Worker:
         for tp, off in todo.items():
             if self._pending.get(tp) == off:
                 del self._pending[tp]
-        self._dirty = bool(self._pending)
         return True
 
     def _restore(self, partitions: list[Partition]) -> None:
@@ -409,7 +403,10 @@ class Worker:
             log.info("state was made by model(s) %s: re-warmed %d sensors for %s", sorted(m for m in models if m), warmed,
                      self.detector.model_version)
         if alerts_from and self.transport is not None:
-            self._suppress |= self.transport.read_alert_keys(self.cfg.kafka.alerts_topic, alerts_from)
+            try:
+                self._suppress |= self.transport.read_alert_keys(self.cfg.kafka.alerts_topic, alerts_from)
+            except KafkaError as e:
+                log.warning("could not read back recent alerts (%s): a replay may publish some twice", e)
 
     def _on_revoke(self, partitions: list[Partition]) -> None:
         log.info("partitions revoked: %s", partitions)
@@ -460,8 +457,4 @@ class Worker:
             "broker_reachable": self._broker_up,
             "model_loaded": self.detector is not None,
         }
-
-    def lag(self) -> dict[Partition, int]:
-        """Current lag per assigned partition (for benchmarks and the demo)."""
-        return self.transport.lag() if self.transport else {}
 
