@@ -111,6 +111,11 @@ class ScoringConfig(_Section):
     learn_after: int = Field(30, ge=0, description="Forecasts a sensor makes before its residuals start to calibrate its scores.")
     use_predicted_std: bool = Field(False, description="Standardise residuals by the forecast's predicted deviation (variance head) instead of the sensor's normalising scale (measured worse on both the synthetic fleet and NAB DEV).")
     stuck_readings: int = Field(30, ge=0, description="Identical consecutive values that mark a normally noisy sensor as stuck (0 disables).")
+    range_tolerance: float = Field(0.05, ge=0, description="A value beyond the sensor's past range by more than this fraction of the range's width is evidence of an anomaly (0 disables).")
+    range_halflife: float = Field(20000.0, ge=0, description="Half-life, in readings, with which the remembered range relaxes towards the running mean (0: never).")
+    profile_bins: int = Field(48, ge=0, le=1440, description="Slots of the UTC day in each sensor's time-of-day profile; a value far from its slot's usual level is evidence (0 disables).")
+    profile_halflife_days: float = Field(2.0, gt=0, description="Half-life, in days, of each time-of-day slot's mean.")
+    onset_halflife: float = Field(50.0, ge=0, description="The anomaly score is 0 unless the reading is more surprising than the sensor's recent peak, which decays with this half-life in readings (0: score every reading).")
 
 
 class SinkConfig(_Section):

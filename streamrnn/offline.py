@@ -61,6 +61,7 @@ def score_frame(df: pd.DataFrame, detector: Detector, batch_size: int = 1000, de
     fc_std = np.full(n, np.nan)
     residual = np.full(n, np.nan)
     score = np.zeros(n)
+    surprise = np.zeros(n)
     anomaly = np.zeros(n, dtype=bool)
     for start in range(0, n, batch_size):
         sl = np.arange(start, min(start + batch_size, n))
@@ -73,16 +74,19 @@ def score_frame(df: pd.DataFrame, detector: Detector, batch_size: int = 1000, de
         fc_std[sl] = res.forecast_std
         residual[sl] = res.residual
         score[sl[ok]] = res.score[ok]
+        surprise[sl[ok]] = res.surprise[ok]
         anomaly[sl] = res.is_anomaly
         if retrainer is not None and retrain_every > 0 and (start + batch_size) // retrain_every > start // retrain_every:
             job = retrainer.make_job(detector)
             if job is not None and retrainer.run(job) == "promoted":
                 detector.swap_model(*retrainer.take_promoted())
     score = np.nan_to_num(np.clip(score, 0.0, 1.0), nan=0.0)
+    surprise = np.nan_to_num(np.clip(surprise, 0.0, 1.0), nan=0.0)
 
     out = pd.DataFrame({
         "timestamp": df["timestamp"].to_numpy(), "value": df["value"].to_numpy(), "forecast": forecast,
-        "forecast_std": fc_std, "residual": residual, "anomaly_score": score, "is_anomaly": anomaly.astype(int),
+        "forecast_std": fc_std, "residual": residual, "anomaly_score": score, "surprise": surprise,
+        "is_anomaly": anomaly.astype(int),
     })
     if "sensor_id" in df.columns:
         out.insert(0, "sensor_id", df["sensor_id"].to_numpy())

@@ -38,6 +38,8 @@ def test_output_contract(series_csv: Path, tmp_path: Path) -> None:
     assert (res["timestamp"] == inp["timestamp"]).all()
     assert res["anomaly_score"].notna().all()
     assert res["anomaly_score"].between(0, 1).all()
+    # the anomaly score is the surprise at an incident's onset, never more
+    assert res["surprise"].between(0, 1).all() and (res["anomaly_score"] <= res["surprise"]).all()
     assert res.loc[1100, "anomaly_score"] >= 0.5 and res.loc[1100, "is_anomaly"] == 1
     assert res["is_anomaly"].sum() < 10
 
@@ -79,6 +81,8 @@ def test_several_sensors_and_bad_rows(tmp_path: Path) -> None:
     assert len(res) == 600 and list(res["sensor_id"][:4]) == ["a", "b", "a", "b"]
     assert res.loc[10, "anomaly_score"] == 0 and res.loc[11, "anomaly_score"] == 0
     assert res["anomaly_score"].between(0, 1).all()
+    # the anomaly score is the surprise at an incident's onset, never more
+    assert res["surprise"].between(0, 1).all() and (res["anomaly_score"] <= res["surprise"]).all()
 
 
 def test_inline_retraining_is_deterministic_and_never_looks_ahead(series_csv: Path, tmp_path: Path) -> None:

@@ -29,7 +29,10 @@ class ScoreResult:
     """Per-reading results in input order, and the alert events of the batch.
 
     Readings at or before their sensor's last timestamp are not scored:
-    ``accepted`` is False for them and their numbers are NaN.
+    ``accepted`` is False for them and their numbers are NaN. ``surprise`` is how
+    unusual each reading is; ``score``, the anomaly score, is the surprise at the
+    onset of an incident and 0 while it merely goes on (see :mod:`.scoring`).
+    ``is_anomaly`` and the alert events follow the surprise.
     """
 
     accepted: np.ndarray
@@ -37,6 +40,7 @@ class ScoreResult:
     forecast_std: np.ndarray
     residual: np.ndarray
     score: np.ndarray
+    surprise: np.ndarray
     is_anomaly: np.ndarray
     events: list[AlertEvent] = field(default_factory=list)
     event_index: list[int] = field(default_factory=list)
@@ -86,7 +90,7 @@ class Detector:
             model_version,
             FeatureBuilder(s.normaliser_halflife),
             Scorer(s.calibration_halflife, s.calibration_clip, s.stuck_readings, s.tail_halflife, s.tail_prior_weight, s.learn_after,
-                   s.use_predicted_std),
+                   s.use_predicted_std, s.range_tolerance, s.range_halflife, s.profile_bins, s.profile_halflife_days, s.onset_halflife),
             Alerter(a.threshold, a.resolve_threshold, a.warmup_readings, a.open_after, a.resolve_after, a.cooldown_seconds),
             max_sensors=cfg.state.max_sensors,
             initial_capacity=cfg.state.initial_capacity,
@@ -196,7 +200,7 @@ class Detector:
         res = ScoreResult(
             accepted=np.zeros(n, dtype=bool),
             forecast=np.full(n, np.nan), forecast_std=np.full(n, np.nan),
-            residual=np.full(n, np.nan), score=np.full(n, np.nan),
+            residual=np.full(n, np.nan), score=np.full(n, np.nan), surprise=np.full(n, np.nan),
             is_anomaly=np.zeros(n, dtype=bool),
         )
         if n == 0:
@@ -272,19 +276,25 @@ class Detector:
         resolved = np.zeros(m, dtype=bool)
         opened_ts = np.empty(m)
         peak = np.empty(m)
+        surprise = np.empty(m)
         for sel in waves:
             sl = ks[sel]
             spread = fc_std[sel] if self.scorer.use_predicted_std else fc_scale[sel]
-            residual[sel], score[sel] = self.scorer.step(cols, sl, kv[sel], fc_mean[sel], spread)
-            high[sel], opened[sel], resolved[sel] = self.alerter.step(cols, sl, kt[sel], score[sel], count_after[sel])
+            interval = np.exp(cols["logdt_mean"][sl])
+            residual[sel], surprise[sel], score[sel] = self.scorer.step(cols, sl, kt[sel], kv[sel], fc_mean[sel], spread,
+                                                                        fc_scale[sel], mean_after[sel], interval)
+            # Alerts follow the surprise: it stays high while the sensor misbehaves,
+            # which is what keeps an alert open until the sensor is back to normal.
+            high[sel], opened[sel], resolved[sel] = self.alerter.step(cols, sl, kt[sel], surprise[sel], count_after[sel])
             opened_ts[sel], peak[sel] = cols["opened_ts"][sl], cols["peak_score"][sl]
-            cols["last_score"][sl] = score[sel]
+            cols["last_score"][sl] = surprise[sel]
 
         res.accepted[keep] = True
         res.forecast[keep] = fc_mean
         res.forecast_std[keep] = fc_std
         res.residual[keep] = residual
         res.score[keep] = np.clip(score, 0.0, 1.0)
+        res.surprise[keep] = np.clip(surprise, 0.0, 1.0)
         res.is_anomaly[keep] = high
         ev_pos = np.flatnonzero(opened | resolved)
         ev_pos = ev_pos[np.argsort(kt[ev_pos], kind="stable")]  # events in time order
@@ -292,7 +302,7 @@ class Detector:
             i = int(keep[p])
             res.events.append(AlertEvent(
                 sensor_id=str(sensor_ids[i]), ts=float(kt[p]), value=float(kv[p]), forecast=float(fc_mean[p]),
-                residual=float(residual[p]), anomaly_score=float(res.score[i]), threshold=self.alerter.threshold,
+                residual=float(residual[p]), anomaly_score=float(res.surprise[i]), threshold=self.alerter.threshold,
                 model_version=self.model_version, event="open" if opened[p] else "resolved",
                 opened_ts=float(opened_ts[p]), peak_score=float(min(peak[p], 1.0)),
             ))
@@ -304,6 +314,6 @@ def _concat(a: ScoreResult, b: ScoreResult, offset: int) -> ScoreResult:
     return ScoreResult(
         accepted=np.concatenate([a.accepted, b.accepted]), forecast=np.concatenate([a.forecast, b.forecast]),
         forecast_std=np.concatenate([a.forecast_std, b.forecast_std]), residual=np.concatenate([a.residual, b.residual]),
-        score=np.concatenate([a.score, b.score]), is_anomaly=np.concatenate([a.is_anomaly, b.is_anomaly]),
+        score=np.concatenate([a.score, b.score]), surprise=np.concatenate([a.surprise, b.surprise]), is_anomaly=np.concatenate([a.is_anomaly, b.is_anomaly]),
         events=a.events + b.events, event_index=a.event_index + [i + offset for i in b.event_index],
     )

@@ -1,0 +1,154 @@
+"""Evidence beside the forecast residual, each as a per-sensor tail probability.
+
+A one-step forecaster judges a reading against the last few: it misses a value that
+is ordinary for the moment but extraordinary for the sensor, and it never misses a
+sensor that is merely predictable. Each class here looks at the reading from one more
+angle and returns ``p``, the probability of evidence at least this strong for a
+normal reading of this sensor (1: nothing unusual):
+
+* :class:`RangeNovelty`: the value lies beyond everything the sensor has shown;
+* :class:`DailyProfile`: the value is far from the sensor's usual value at this time
+  of day;
+* :class:`StuckCheck`: the sensor repeats one value far longer than it ever did.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .calibration import TailEstimator
+from .state import Column
+
+__all__ = ["DailyProfile", "RangeNovelty", "StuckCheck"]
+
+_DAY = 86400.0
+
+
+class RangeNovelty:
+    """Scores a value outside the range the sensor has shown so far.
+
+    Of ``n`` exchangeable readings the newest is the largest or the smallest with
+    probability ``2 / n``, so a new extreme is that rare before looking at how far
+    it goes; beyond the old extreme it is discounted by ``exp(-excess / scale)``
+    (an exponential tail in units of the sensor's normalising scale). As in Numenta's
+    NAB detector, only values beyond ``tolerance`` times the range's width count, so a
+    slowly trending sensor does not call every small new record an anomaly. The range
+    relaxes towards the running mean with half-life ``halflife`` readings (0: never),
+    so one glitch does not blind the check for good; ``n`` is capped at that memory.
+    """
+
+    def __init__(self, tolerance: float = 0.05, halflife: float = 20000.0) -> None:
+        self.tolerance = float(tolerance)
+        self.alpha = 1.0 - 0.5 ** (1.0 / halflife) if halflife > 0 else 0.0
+        self.memory = 1.0 / self.alpha if self.alpha > 0 else np.inf
+
+    @staticmethod
+    def columns() -> list[Column]:
+        """State columns this component owns."""
+        return [Column("range_lo", "float64", np.inf), Column("range_hi", "float64", -np.inf), Column("range_n", "int64", 0)]
+
+    def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, values: np.ndarray, scale: np.ndarray,
+             mean: np.ndarray) -> np.ndarray:
+        """``p`` per reading, then widen each range by its reading and relax it towards ``mean``."""
+        lo, hi, n = cols["range_lo"][slots], cols["range_hi"][slots], cols["range_n"][slots]
+        width = hi - lo
+        with np.errstate(invalid="ignore"):
+            excess = np.maximum(values - hi, lo - values)
+            new = (n >= 2) & (width > 0) & (excess > self.tolerance * width)
+        p0 = 2.0 / np.minimum(np.maximum(n, 2), self.memory)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p = np.where(new, p0 * np.exp(-np.where(new, excess, 0.0) / np.where(np.isfinite(scale) & (scale > 0), scale, np.inf)), 1.0)
+        lo, hi = np.minimum(lo, values), np.maximum(hi, values)
+        if self.alpha:
+            m = np.where(np.isfinite(mean), mean, values)
+            lo, hi = lo + self.alpha * (np.minimum(m, hi) - lo), hi + self.alpha * (np.maximum(m, lo) - hi)
+        cols["range_lo"][slots], cols["range_hi"][slots], cols["range_n"][slots] = lo, hi, n + 1
+        return p
+
+
+class DailyProfile:
+    """Scores the distance of a value from the sensor's usual value at this time of day.
+
+    Each sensor keeps the mean of its values in ``bins`` slots of the UTC day, each an
+    exponentially weighted mean with a half-life of ``halflife_days`` (converted to
+    visits of the slot from the sensor's typical reading interval). The distance of a
+    reading from its slot's mean, in units of the sensor's normalising scale, goes
+    through a :class:`TailEstimator`, so a sensor without a daily rhythm is judged by
+    how far its values usually stray and one with a strong rhythm catches a value that
+    is normal for the day but not for the hour (a holiday, a shifted shift).
+    """
+
+    def __init__(self, bins: int = 48, halflife_days: float = 2.0, min_visits: int = 3, tail: TailEstimator | None = None) -> None:
+        self.bins = int(bins)
+        self.halflife_days = float(halflife_days)
+        self.min_visits = int(min_visits)
+        self.tail = tail or TailEstimator("profile")
+
+    def columns(self) -> list[Column]:
+        """State columns this component owns."""
+        return [Column("profile_mean", "float64", 0.0, (self.bins,)), Column("profile_visits", "int32", 0, (self.bins,))] + self.tail.columns()
+
+    def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, ts: np.ndarray, values: np.ndarray, scale: np.ndarray,
+             interval: np.ndarray, learn: np.ndarray) -> np.ndarray:
+        """``p`` per reading, then update the slot of each reading.
+
+        ``interval`` is each sensor's typical seconds between readings; ``learn`` says
+        which readings may update the distance's tail estimate.
+        """
+        b = np.clip((np.mod(ts, _DAY) * (self.bins / _DAY)).astype(np.int64), 0, self.bins - 1)
+        mean = cols["profile_mean"][slots, b]
+        k = cols["profile_visits"][slots, b].astype(np.int64)
+        ready = (k >= self.min_visits) & np.isfinite(scale) & (scale > 0)
+        dev = np.where(ready, np.abs(values - mean) / np.where(ready, scale, 1.0), np.nan)
+        p = self.tail.step(cols, slots, dev, learn & ready)
+
+        visits_per_day = _DAY / (self.bins * np.maximum(interval, 1e-3))
+        halflife_visits = np.maximum(self.halflife_days * visits_per_day, 1.0)
+        a = np.maximum(1.0 / (k + 1), 1.0 - 0.5 ** (1.0 / halflife_visits))
+        cols["profile_mean"][slots, b] = mean + a * (values - mean)
+        cols["profile_visits"][slots, b] = np.minimum(k + 1, np.iinfo(np.int32).max)
+        return p
+
+
+class StuckCheck:
+    """Scores a sensor that repeats exactly the same value far longer than it ever did.
+
+    A stuck transmitter produces tiny residuals, so a forecast alone never catches it.
+    A run counts as stuck at ``readings`` repeats and more than twice the longest run
+    the sensor has shown; ``p`` is how unlikely such a run is at the sensor's usual
+    repeat rate.
+    """
+
+    def __init__(self, readings: int = 30, halflife: float = 500.0) -> None:
+        self.readings = int(readings)
+        self.alpha_min = 1.0 - 0.5 ** (1.0 / halflife)
+
+    @staticmethod
+    def columns() -> list[Column]:
+        """State columns this component owns."""
+        return [
+            Column("last_value", "float64", np.nan),
+            Column("stuck_run", "int64", 0),
+            Column("repeat_rate", "float64", 0.0),
+            Column("longest_run", "int64", 0),
+            Column("repeat_n", "int64", 0),
+        ]
+
+    def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``p`` per reading (1 unless stuck), then update the runs."""
+        repeat = values == cols["last_value"][slots]
+        prev_run = cols["stuck_run"][slots]
+        run = np.where(repeat, prev_run + 1, 0)
+        longest = cols["longest_run"][slots]
+        # A run that just ended raises the bar for what counts as stuck later.
+        cols["longest_run"][slots] = np.where(repeat, longest, np.maximum(longest, prev_run))
+        rate = cols["repeat_rate"][slots]
+        n = cols["repeat_n"][slots] + 1
+        cols["repeat_rate"][slots] = rate + np.maximum(1.0 / n, self.alpha_min) * (repeat - rate)
+        cols["repeat_n"][slots] = n
+        cols["stuck_run"][slots] = run
+        cols["last_value"][slots] = values
+        if self.readings <= 0:
+            return np.ones(len(slots))
+        stuck = run >= np.maximum(self.readings, 2 * longest + 1)
+        return np.where(stuck, np.power(np.clip(rate, 1e-3, 0.999), run - longest), 1.0)

@@ -1,0 +1,113 @@
+"""The scorer's pieces on their own: tail estimates, range, time-of-day profile, onset."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamrnn.core.calibration import TailEstimator, score_from_probability
+from streamrnn.core.evidence import DailyProfile, RangeNovelty
+from streamrnn.core.scoring import OnsetFilter
+from streamrnn.core.state import StateBank
+
+ONE = np.zeros(1, dtype=np.int64)
+
+
+def bank_for(component) -> dict[str, np.ndarray]:
+    bank = StateBank(component.columns(), max_sensors=1)
+    bank.assign(["s"])
+    return bank.arrays
+
+
+def test_tail_estimator_learns_a_sensor_heavy_tail() -> None:
+    rng = np.random.default_rng(0)
+    light, heavy = TailEstimator("a"), TailEstimator("b")
+    cl, ch = bank_for(light), bank_for(heavy)
+    for x in np.abs(rng.normal(size=3000)):
+        light.step(cl, ONE, np.array([x]), np.array([True]))
+    for x in np.abs(rng.standard_t(2, size=3000)):
+        heavy.step(ch, ONE, np.array([x]), np.array([True]))
+    # a value of 6 typical scales is far rarer for the Gaussian sensor than for the heavy-tailed one
+    p_light = light.step(cl, ONE, np.array([6.0 * np.sqrt(cl["a_scale2"][0])]), np.array([False]))[0]
+    p_heavy = heavy.step(ch, ONE, np.array([6.0 * np.sqrt(ch["b_scale2"][0])]), np.array([False]))[0]
+    assert p_light < 1e-4 < 1e-3 < p_heavy
+
+
+def test_tail_estimator_survives_a_statistic_that_was_always_zero() -> None:
+    est = TailEstimator("t")
+    cols = bank_for(est)
+    for _ in range(200):
+        est.step(cols, ONE, np.zeros(1), np.array([True]))
+    p = est.step(cols, ONE, np.array([1e-9]), np.array([True]))
+    assert np.isfinite(p).all() and p[0] == 1.0  # below the scale floor: nothing unusual
+    assert est.step(cols, ONE, np.array([np.nan]), np.array([True]))[0] == 1.0
+
+
+def test_range_novelty_flags_a_new_extreme_by_how_far_it_goes() -> None:
+    rng = RangeNovelty(tolerance=0.05, halflife=0)
+    cols = bank_for(rng)
+    gen = np.random.default_rng(1)
+    for v in gen.uniform(0, 10, 999):
+        rng.step(cols, ONE, np.array([v]), np.ones(1), np.array([5.0]))
+    lo, hi = cols["range_lo"][0], cols["range_hi"][0]
+    inside = rng.step(cols, ONE, np.array([5.0]), np.ones(1), np.array([5.0]))[0]
+    barely = rng.step(cols, ONE, np.array([hi + 0.01 * (hi - lo)]), np.ones(1), np.array([5.0]))[0]
+    hi = cols["range_hi"][0]
+    beyond = rng.step(cols, ONE, np.array([hi + 3.0]), np.ones(1), np.array([5.0]))[0]
+    assert inside == 1.0 and barely == 1.0  # within the tolerance of 5% of the width
+    # 1001 readings before it: a new extreme is a 2-in-1001 event, and 3 scales beyond it exp(-3) of that
+    assert np.isclose(beyond, 2.0 / 1001 * np.exp(-3.0))
+
+
+def test_range_novelty_ignores_a_slow_trend_and_forgets_a_glitch() -> None:
+    trend = RangeNovelty(tolerance=0.05, halflife=0)
+    cols = bank_for(trend)
+    ps = [trend.step(cols, ONE, np.array([0.01 * i + np.sin(i)]), np.ones(1), np.array([0.01 * i]))[0] for i in range(2000)]
+    assert min(ps[100:]) == 1.0
+
+    rng = RangeNovelty(tolerance=0.05, halflife=200)
+    cols = bank_for(rng)
+    for i in range(2000):
+        rng.step(cols, ONE, np.array([20.0 + np.sin(i)]), np.ones(1), np.array([20.0]))
+    rng.step(cols, ONE, np.array([1e6]), np.ones(1), np.array([20.0]))  # one glitch
+    for i in range(2000, 7000):  # 25 half-lives
+        rng.step(cols, ONE, np.array([20.0 + np.sin(i)]), np.ones(1), np.array([20.0]))
+    assert cols["range_hi"][0] < 30.0  # the glitch's extreme relaxed back
+    assert rng.step(cols, ONE, np.array([60.0]), np.ones(1), np.array([20.0]))[0] < 1e-3
+
+
+def test_daily_profile_catches_a_value_normal_for_the_day_but_not_the_hour() -> None:
+    prof = DailyProfile(bins=24, halflife_days=3.0)
+    cols = bank_for(prof)
+    gen = np.random.default_rng(2)
+    hour = 3600.0
+
+    def level(t: float) -> float:  # busy from 08:00 to 20:00 UTC, quiet at night
+        return 100.0 if 8 <= (t % 86400) / hour < 20 else 10.0
+
+    ts = np.arange(0, 20 * 86400, 600.0)
+    ps = []
+    for t in ts:
+        v = level(t) + gen.normal(0, 2)
+        ps.append(prof.step(cols, ONE, np.array([t]), np.array([v]), np.array([40.0]), np.array([600.0]), np.array([True]))[0])
+    t = ts[-1] + 600.0 * ((3 * hour - ts[-1] % 86400) % 86400 / 600.0)  # next 03:00
+    night_busy = prof.step(cols, ONE, np.array([t]), np.array([100.0]), np.array([40.0]), np.array([600.0]), np.array([False]))[0]
+    night_quiet = prof.step(cols, ONE, np.array([t + 600]), np.array([11.0]), np.array([40.0]), np.array([600.0]), np.array([False]))[0]
+    assert night_busy < 1e-6
+    assert night_quiet > 0.05
+    assert np.quantile(ps[3 * 144:], 0.999) > 1e-4  # normal days never look that unusual
+
+
+def test_onset_filter_keeps_news_and_drops_repeats() -> None:
+    onset = OnsetFilter(halflife=10)
+    cols = bank_for(onset)
+    surprise = [0.1, 0.8, 0.8, 0.7, 0.9, 0.2] + [0.0] * 60 + [0.8]
+    got = [onset.step(cols, ONE, np.array([s]))[0] for s in surprise]
+    assert got[:6] == [0.1, 0.8, 0.0, 0.0, 0.9, 0.0]
+    assert got[-1] == 0.8  # after the peak decayed the same surprise is news again
+    assert OnsetFilter(halflife=0).step(cols, ONE, np.array([0.3]))[0] == 0.3
+
+
+def test_scores_map_probabilities_onto_decades() -> None:
+    s = score_from_probability(np.array([1.0, 1e-3, 1e-5, 1e-12]))
+    assert s.tolist() == [0.0, 0.3, 0.5, 1.0]
+    assert not np.signbit(s[0])
