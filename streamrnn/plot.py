@@ -1,7 +1,8 @@
 """``streamrnn score --plot``: why did the detector fire?
 
 One PNG per scored file: the series with the forecast and its +-3 sigma band, the
-anomaly score with the alert threshold, and the readings flagged as anomalous. The
+surprise of every reading with the alert threshold, the anomaly score (the surprise
+at each incident's onset), and the readings flagged as anomalous. The
 plotting library is optional (``pip install 'streamrnn[plot]'``).
 """
 
@@ -30,6 +31,7 @@ def plot_scores(out: pd.DataFrame, path: str, threshold: float, title: str = "")
     value = pd.to_numeric(out["value"], errors="coerce").to_numpy()
     fc, sd = out["forecast"].to_numpy(), out["forecast_std"].to_numpy()
     score = out["anomaly_score"].to_numpy()
+    surprise = out["surprise"].to_numpy() if "surprise" in out.columns else score
     flagged = out["is_anomaly"].to_numpy().astype(bool)
 
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(14, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
@@ -39,7 +41,9 @@ def plot_scores(out: pd.DataFrame, path: str, threshold: float, title: str = "")
     ax1.scatter(x[flagged], value[flagged], color="tab:red", s=18, zorder=3, label="anomalous")
     ax1.legend(loc="upper left", fontsize=8)
     ax1.set_title(title or "streamrnn score")
-    ax2.plot(x, score, lw=0.8, color="tab:orange", label="anomaly score")
+    ax2.plot(x, surprise, lw=0.6, color="tab:gray", label="surprise")
+    onset = score > 0
+    ax2.vlines(x[onset], 0, score[onset], lw=1.0, color="tab:orange", label="anomaly score (onsets)")
     ax2.axhline(threshold, color="tab:red", ls="--", lw=0.8, label=f"alert threshold {threshold:g}")
     ax2.set_ylim(0, 1.02)
     ax2.set_xlabel("row")

@@ -86,7 +86,9 @@ class DailyProfile:
 
     def columns(self) -> list[Column]:
         """State columns this component owns."""
-        return [Column("profile_mean", "float64", 0.0, (self.bins,)), Column("profile_visits", "int32", 0, (self.bins,))] + self.tail.columns()
+        # float32 slot means: the profile is a coarse reference, and it is most of the
+        # memory this evidence costs per sensor
+        return [Column("profile_mean", "float32", 0.0, (self.bins,)), Column("profile_visits", "int32", 0, (self.bins,))] + self.tail.columns()
 
     def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, ts: np.ndarray, values: np.ndarray, scale: np.ndarray,
              interval: np.ndarray, learn: np.ndarray) -> np.ndarray:
@@ -96,7 +98,7 @@ class DailyProfile:
         which readings may update the distance's tail estimate.
         """
         b = np.clip((np.mod(ts, _DAY) * (self.bins / _DAY)).astype(np.int64), 0, self.bins - 1)
-        mean = cols["profile_mean"][slots, b]
+        mean = cols["profile_mean"][slots, b].astype(np.float64)
         k = cols["profile_visits"][slots, b].astype(np.int64)
         ready = (k >= self.min_visits) & np.isfinite(scale) & (scale > 0)
         dev = np.where(ready, np.abs(values - mean) / np.where(ready, scale, 1.0), np.nan)
