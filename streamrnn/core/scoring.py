@@ -88,9 +88,9 @@ class Scorer:
              spread: np.ndarray, scale: np.ndarray, mean: np.ndarray, interval: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Scores for one wave (each slot at most once).
 
-        ``spread`` standardises residuals, ``scale`` and ``mean`` are the sensor's
-        normaliser before this reading and ``interval`` its typical seconds between
-        readings. Returns ``(residual, surprise, score)``; a reading without a
+        ``spread`` standardises residuals, ``scale`` is the sensor's normalising scale
+        when the forecast was made, ``mean`` its running mean and ``interval`` its
+        typical seconds between readings. Returns ``(residual, surprise, score)``; a reading without a
         forecast yet has surprise and score 0.
         """
         residual = values - fc_mean
