@@ -139,8 +139,8 @@ class SinkConfig(_Section):
 class AlertsConfig(_Section):
     """When an anomaly score becomes an alert."""
 
-    threshold: float = Field(0.6, gt=0, le=1, description="Anomaly score at or above which an alert opens (0.6: a residual this sensor shows once in a million readings).")
-    resolve_threshold: float = Field(0.2, ge=0, lt=1, description="Score below which a reading counts towards resolving (hysteresis).")
+    threshold: float = Field(0.6, gt=0, le=1, description="Surprise at or above which an alert opens (0.6: a reading this sensor shows once in a million, all evidence counted).")
+    resolve_threshold: float = Field(0.2, ge=0, lt=1, description="Surprise below which a reading counts towards resolving (hysteresis).")
     warmup_readings: int = Field(60, ge=0, description="Readings a sensor needs before it may raise an alert.")
     open_after: int = Field(1, ge=1, description="Consecutive readings at or above threshold needed to open an alert.")
     resolve_after: int = Field(5, ge=1, description="Consecutive readings below resolve_threshold needed to resolve it.")

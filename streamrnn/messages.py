@@ -89,6 +89,14 @@ def parse_timestamp(raw: Any) -> float:
     raise ValueError(f"timestamp of type {type(raw).__name__}")
 
 
+def epoch_or_nan(raw: Any) -> float:
+    """:func:`parse_timestamp`, or NaN for a value that is not a timestamp (file readers)."""
+    try:
+        return parse_timestamp(raw)
+    except (TypeError, ValueError, OverflowError):
+        return float("nan")
+
+
 def _parse_value(raw: Any) -> float:
     if isinstance(raw, bool):
         raise TypeError("boolean")

@@ -60,7 +60,7 @@ class WorkerMetrics:
         self.alerts_deduplicated = Counter("streamrnn_alerts_deduplicated", "Alert events recomputed from a replay and not published again.", registry=r)
         self.start_time = Gauge("streamrnn_start_time_seconds", "Unix time the worker started.", registry=r)
         self.start_time.set_to_current_time()
-        self.top_sensor_score = Gauge("streamrnn_top_sensor_anomaly_score", "Latest anomaly score of the most anomalous sensors (at most metrics.top_sensors series).", ["sensor_id"], registry=r)
+        self.top_sensor_score = Gauge("streamrnn_top_sensor_anomaly_score", "Latest surprise (the score alerts follow) of the most anomalous sensors (at most metrics.top_sensors series).", ["sensor_id"], registry=r)
         self._top_sensors: set[str] = set()
         self._model_version: str | None = None
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .core import Detector
-from .messages import parse_timestamp
+from .messages import epoch_or_nan
 from .retraining import Retrainer
 
 __all__ = ["score_frame", "read_readings_csv"]
@@ -23,13 +23,6 @@ def _to_float(x: object) -> float:
     except (TypeError, ValueError):
         return np.nan
     return v
-
-
-def _to_epoch(x: object) -> float:
-    try:
-        return parse_timestamp(x)
-    except (TypeError, ValueError, OverflowError):
-        return np.nan
 
 
 def read_readings_csv(path: str) -> pd.DataFrame:
@@ -53,7 +46,7 @@ def score_frame(df: pd.DataFrame, detector: Detector, batch_size: int = 1000, de
     """
     n = len(df)
     ids = df["sensor_id"].astype(str).tolist() if "sensor_id" in df.columns else [default_sensor] * n
-    ts = np.array([_to_epoch(x) for x in df["timestamp"].tolist()], dtype=np.float64)
+    ts = np.array([epoch_or_nan(x) for x in df["timestamp"].tolist()], dtype=np.float64)
     values = np.array([_to_float(x) for x in df["value"].tolist()], dtype=np.float64)
     good = np.isfinite(ts) & np.isfinite(values)
 

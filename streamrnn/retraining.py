@@ -98,7 +98,7 @@ def _child_main(conn, cfg: TrainingConfig, job: TrainingJob, arch: dict, weights
 
 
 class Retrainer:
-    """Decides when to retrain, trains in a thread, hands promoted models back."""
+    """Decides when to retrain, trains beside scoring (a process or a thread), hands promoted models back."""
 
     def __init__(self, cfg: TrainingConfig, registry: ModelRegistry | None, metrics: WorkerMetrics, seed: int = 0) -> None:
         """``registry`` None keeps promoted models in memory only (offline scoring)."""
@@ -155,10 +155,10 @@ class Retrainer:
             return None
         if len(slots) > self.cfg.max_sensors:
             slots = self.rng.choice(slots, self.cfg.max_sensors, replace=False)
-        x, lengths = detector.ring_features(np.sort(slots))
-        ts, _, valid = detector.history(np.sort(slots))
+        x, lengths, ts = detector.ring_features(np.sort(slots))
+        real = ts[np.arange(ts.shape[1])[None, :] < lengths[:, None]]
         window = {"sensors": int(len(slots)), "readings": int(lengths.sum()),
-                  "from_ts": float(ts[valid].min()), "to_ts": float(ts[valid].max())}
+                  "from_ts": float(real.min()), "to_ts": float(real.max())}
         return TrainingJob(x=x, lengths=lengths, serving=copy.deepcopy(detector.model), serving_version=detector.model_version,
                            window=window)
 

@@ -39,6 +39,12 @@ def severity_for(score: float, bands: dict[str, float]) -> str:
     return best
 
 
+def event_severity(event: AlertEvent, bands: dict[str, float]) -> tuple[str, float]:
+    """Severity of an alert event and the score behind it (a resolve keeps its peak's)."""
+    score = event.peak_score if event.event == "resolved" else event.anomaly_score
+    return severity_for(score, bands), score
+
+
 def _rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -53,8 +59,6 @@ class _Rejected(Exception):
 
 class AlertSink:
     """A bounded queue drained by one thread that POSTs JSON with retries."""
-
-    kind = "webhook"
 
     def __init__(self, cfg: SinkConfig, metrics: WorkerMetrics, bands: dict[str, float]) -> None:
         self.cfg = cfg
@@ -78,7 +82,7 @@ class AlertSink:
     def payload(self, event: AlertEvent) -> Any:
         """The JSON body for one event."""
         d = event.to_dict()
-        d["severity"] = severity_for(event.peak_score if event.event == "resolved" else event.anomaly_score, self.bands)
+        d["severity"], _ = event_severity(event, self.bands)
         return d
 
     # -- the sender thread ----------------------------------------------------------
@@ -146,8 +150,6 @@ class AlertSink:
 class WebhookSink(AlertSink):
     """POSTs each alert event as the JSON object of the alerts topic, plus ``severity``."""
 
-    kind = "webhook"
-
 
 class AlertmanagerSink(AlertSink):
     """Alertmanager's v2 API: ``POST /api/v2/alerts``.
@@ -157,8 +159,6 @@ class AlertmanagerSink(AlertSink):
     open alert is re-sent every ``resend_interval_seconds`` (Alertmanager resolves
     alerts it stops hearing about); a resolve is sent with ``endsAt``.
     """
-
-    kind = "alertmanager"
 
     def __init__(self, cfg: SinkConfig, metrics: WorkerMetrics, bands: dict[str, float]) -> None:
         self._active: dict[str, dict[str, Any]] = {}
@@ -170,10 +170,10 @@ class AlertmanagerSink(AlertSink):
         return self.cfg.url.rstrip("/") + "/api/v2/alerts"
 
     def payload(self, event: AlertEvent) -> Any:
-        score = event.peak_score if event.event == "resolved" else event.anomaly_score
+        severity, score = event_severity(event, self.bands)
         alert: dict[str, Any] = {
             "labels": {"alertname": self.cfg.alertname, "sensor_id": event.sensor_id,
-                       "severity": severity_for(score, self.bands), **self.cfg.labels},
+                       "severity": severity, **self.cfg.labels},
             "annotations": {
                 "summary": f"{event.sensor_id}: value {event.value:.6g} against forecast {event.forecast:.6g}",
                 "value": f"{event.value:.6g}", "forecast": f"{event.forecast:.6g}", "residual": f"{event.residual:.6g}",

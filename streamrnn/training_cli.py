@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .config import Config
 from .core.training import Trainer, make_windows
-from .messages import MessageDecoder, parse_timestamp
+from .messages import MessageDecoder, epoch_or_nan
 
 __all__ = ["train_command", "windows_by_sensor"]
 
@@ -37,12 +37,7 @@ def _read_file(path: str) -> pd.DataFrame:
     missing = {"sensor_id", "timestamp", "value"} - set(df.columns)
     if missing:
         raise SystemExit(f"streamrnn train: {path} lacks column(s) {', '.join(sorted(missing))}")
-    ts = []
-    for x in df["timestamp"].tolist():
-        try:
-            ts.append(parse_timestamp(x))
-        except (TypeError, ValueError, OverflowError):
-            ts.append(np.nan)
+    ts = [epoch_or_nan(x) for x in df["timestamp"].tolist()]
     out = pd.DataFrame({"sensor_id": df["sensor_id"].astype(str), "ts": ts, "value": pd.to_numeric(df["value"], errors="coerce")})
     return out.dropna()
 

@@ -219,10 +219,6 @@ class KafkaTransport:
         """Wait until every queued record is acknowledged (raises KafkaError on timeout)."""
         self.producer.flush(timeout=timeout_s)
 
-    def assignment(self) -> list[Partition]:
-        """Partitions currently assigned to this member."""
-        return sorted((tp.topic, tp.partition) for tp in self.consumer.assignment())
-
     def lag(self) -> dict[Partition, int]:
         """Messages behind the high watermark per assigned partition, where known.
 

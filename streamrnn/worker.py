@@ -315,10 +315,16 @@ class Worker:
             idx = self._part_ids[tp] = len(self._part_ids)
         return idx
 
-    def _partition_slots(self, tp: Partition) -> tuple[list[str], np.ndarray]:
+    def _owned(self, partitions: list[Partition]) -> dict[Partition, tuple[list[str], np.ndarray]]:
+        """The ids and slots of the sensors each partition owns (one pass over the bank)."""
         ids, slots = self.detector.bank.held()
-        mask = self.detector.bank.arrays["owner"][slots] == self._part_index(tp)
-        return [i for i, m in zip(ids, mask.tolist()) if m], slots[mask]
+        ids_arr = np.array(ids, dtype=object)
+        owner = self.detector.bank.arrays["owner"][slots]
+        out = {}
+        for tp in partitions:
+            mask = owner == self._part_index(tp)
+            out[tp] = ids_arr[mask].tolist(), slots[mask]
+        return out
 
     def checkpoint_and_commit(self, partitions: list[Partition] | None = None, commit: bool = True) -> bool:
         """Flush produced records, save the state of the partitions with new readings
@@ -339,8 +345,8 @@ class Worker:
         bank = self.detector.bank
         states = {}
         meta = {"model_version": self.detector.model_version, "alerts_next": {str(p): o for p, o in self._alerts_next.items()}}
-        for tp, off in todo.items():
-            ids, slots = self._partition_slots(tp)
+        for tp, (ids, slots) in self._owned(list(todo)).items():
+            off = todo[tp]
             if self.store.incremental:
                 touched = bank.touched_since(self._saved_tick, slots)
                 ids, slots = [i for i, t in zip(ids, touched.tolist()) if t], slots[touched]
@@ -414,9 +420,8 @@ class Worker:
         # (and the group is rebalancing anyway): save the state only. The next owner
         # restores it and drops the replayed readings it already reflects.
         self.checkpoint_and_commit(partitions, commit=False)
-        for tp in partitions:
+        for tp, (ids, _) in self._owned(partitions).items():
             self._pending.pop(tp, None)
-            ids, _ = self._partition_slots(tp)
             self.detector.bank.remove(ids)  # its state now belongs to whoever gets the partition
         self._assigned -= set(partitions)
         self.metrics.active_sensors.set(self.detector.active_sensors)
@@ -455,6 +460,5 @@ class Worker:
         return {
             "partitions_assigned": bool(self._assigned),
             "broker_reachable": self._broker_up,
-            "model_loaded": self.detector is not None,
         }
 

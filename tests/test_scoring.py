@@ -42,37 +42,48 @@ def test_tail_estimator_survives_a_statistic_that_was_always_zero() -> None:
     assert est.step(cols, ONE, np.array([np.nan]), np.array([True]))[0] == 1.0
 
 
+class RangeFeed:
+    """Readings through a range check on one sensor, counted as the detector counts them."""
+
+    def __init__(self, check: RangeNovelty) -> None:
+        self.check, self.cols, self.n = check, bank_for(check), 0
+
+    def __call__(self, value: float, mean: float) -> float:
+        p = self.check.step(self.cols, ONE, np.array([value]), np.ones(1), np.array([mean]), np.array([self.n]))[0]
+        self.n += 1
+        return float(p)
+
+
 def test_range_novelty_flags_a_new_extreme_by_how_far_it_goes() -> None:
-    rng = RangeNovelty(tolerance=0.05, halflife=0)
-    cols = bank_for(rng)
+    feed = RangeFeed(RangeNovelty(tolerance=0.05, halflife=0))
+    cols = feed.cols
     gen = np.random.default_rng(1)
     for v in gen.uniform(0, 10, 999):
-        rng.step(cols, ONE, np.array([v]), np.ones(1), np.array([5.0]))
+        feed(v, 5.0)
     lo, hi = cols["range_lo"][0], cols["range_hi"][0]
-    inside = rng.step(cols, ONE, np.array([5.0]), np.ones(1), np.array([5.0]))[0]
-    barely = rng.step(cols, ONE, np.array([hi + 0.01 * (hi - lo)]), np.ones(1), np.array([5.0]))[0]
+    inside = feed(5.0, 5.0)
+    barely = feed(hi + 0.01 * (hi - lo), 5.0)
     hi = cols["range_hi"][0]
-    beyond = rng.step(cols, ONE, np.array([hi + 3.0]), np.ones(1), np.array([5.0]))[0]
+    beyond = feed(hi + 3.0, 5.0)
     assert inside == 1.0 and barely == 1.0  # within the tolerance of 5% of the width
     # 1001 readings before it: a new extreme is a 2-in-1001 event, and 3 scales beyond it exp(-3) of that
     assert np.isclose(beyond, 2.0 / 1001 * np.exp(-3.0))
 
 
 def test_range_novelty_ignores_a_slow_trend_and_forgets_a_glitch() -> None:
-    trend = RangeNovelty(tolerance=0.05, halflife=0)
-    cols = bank_for(trend)
-    ps = [trend.step(cols, ONE, np.array([0.01 * i + np.sin(i)]), np.ones(1), np.array([0.01 * i]))[0] for i in range(2000)]
+    trend = RangeFeed(RangeNovelty(tolerance=0.05, halflife=0))
+    ps = [trend(0.01 * i + np.sin(i), 0.01 * i) for i in range(2000)]
     assert min(ps[100:]) == 1.0
 
-    rng = RangeNovelty(tolerance=0.05, halflife=200)
-    cols = bank_for(rng)
+    feed = RangeFeed(RangeNovelty(tolerance=0.05, halflife=200))
+    cols = feed.cols
     for i in range(2000):
-        rng.step(cols, ONE, np.array([20.0 + np.sin(i)]), np.ones(1), np.array([20.0]))
-    rng.step(cols, ONE, np.array([1e6]), np.ones(1), np.array([20.0]))  # one glitch
+        feed(20.0 + np.sin(i), 20.0)
+    feed(1e6, 20.0)  # one glitch
     for i in range(2000, 7000):  # 25 half-lives
-        rng.step(cols, ONE, np.array([20.0 + np.sin(i)]), np.ones(1), np.array([20.0]))
+        feed(20.0 + np.sin(i), 20.0)
     assert cols["range_hi"][0] < 30.0  # the glitch's extreme relaxed back
-    assert rng.step(cols, ONE, np.array([60.0]), np.ones(1), np.array([20.0]))[0] < 1e-3
+    assert feed(60.0, 20.0) < 1e-3
 
 
 def test_daily_profile_catches_a_value_normal_for_the_day_but_not_the_hour() -> None:

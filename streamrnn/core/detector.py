@@ -120,11 +120,12 @@ class Detector:
         values = np.take_along_axis(cols["hist_v"][slots], idx, axis=1).astype(np.float64)
         return ts, values, valid
 
-    def ring_features(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """GRU inputs ``[S, L, F]`` from the sensors' rings, and the number of real steps."""
+    def ring_features(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """GRU inputs ``[S, L, F]`` from the sensors' rings, the number of real steps, and
+        the rings' timestamps ``[S, L]`` (real steps first)."""
         ts, values, valid = self.history(slots)
         x = self.features.replay(self.bank.arrays, slots, ts, values, valid)
-        return x, valid.sum(axis=1)
+        return x, valid.sum(axis=1), ts
 
     def swap_model(self, model: GRUForecaster, version: str, chunk: int = 4096) -> int:
         """Serve ``model`` from the next batch on; re-warm every sensor from its ring.
@@ -144,7 +145,7 @@ class Detector:
         warmed = 0
         for i in range(0, len(slots), chunk):
             sl = slots[i:i + chunk]
-            x, lengths = self.ring_features(sl)
+            x, lengths, _ = self.ring_features(sl)
             keep = lengths > 0
             sl, x, lengths = sl[keep], x[keep], lengths[keep]
             if len(sl) == 0:
@@ -282,7 +283,7 @@ class Detector:
             spread = fc_std[sel] if self.scorer.use_predicted_std else fc_scale[sel]
             interval = np.exp(cols["logdt_mean"][sl])
             residual[sel], surprise[sel], score[sel] = self.scorer.step(cols, sl, kt[sel], kv[sel], fc_mean[sel], spread,
-                                                                        fc_scale[sel], mean_after[sel], interval)
+                                                                        fc_scale[sel], mean_after[sel], interval, count_after[sel])
             # Alerts follow the surprise: it stays high while the sensor misbehaves,
             # which is what keeps an alert open until the sensor is back to normal.
             high[sel], opened[sel], resolved[sel] = self.alerter.step(cols, sl, kt[sel], surprise[sel], count_after[sel])

@@ -45,12 +45,13 @@ class RangeNovelty:
     @staticmethod
     def columns() -> list[Column]:
         """State columns this component owns."""
-        return [Column("range_lo", "float64", np.inf), Column("range_hi", "float64", -np.inf), Column("range_n", "int64", 0)]
+        return [Column("range_lo", "float64", np.inf), Column("range_hi", "float64", -np.inf)]
 
     def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, values: np.ndarray, scale: np.ndarray,
-             mean: np.ndarray) -> np.ndarray:
-        """``p`` per reading, then widen each range by its reading and relax it towards ``mean``."""
-        lo, hi, n = cols["range_lo"][slots], cols["range_hi"][slots], cols["range_n"][slots]
+             mean: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """``p`` per reading (``n``: the sensor's readings before this one), then widen
+        each range by its reading and relax it towards ``mean``."""
+        lo, hi = cols["range_lo"][slots], cols["range_hi"][slots]
         width = hi - lo
         with np.errstate(invalid="ignore"):
             excess = np.maximum(values - hi, lo - values)
@@ -62,7 +63,7 @@ class RangeNovelty:
         if self.alpha:
             m = np.where(np.isfinite(mean), mean, values)
             lo, hi = lo + self.alpha * (np.minimum(m, hi) - lo), hi + self.alpha * (np.maximum(m, lo) - hi)
-        cols["range_lo"][slots], cols["range_hi"][slots], cols["range_n"][slots] = lo, hi, n + 1
+        cols["range_lo"][slots], cols["range_hi"][slots] = lo, hi
         return p
 
 
@@ -133,11 +134,11 @@ class StuckCheck:
             Column("stuck_run", "int64", 0),
             Column("repeat_rate", "float64", 0.0),
             Column("longest_run", "int64", 0),
-            Column("repeat_n", "int64", 0),
         ]
 
-    def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """``p`` per reading (1 unless stuck), then update the runs."""
+    def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, values: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """``p`` per reading (1 unless stuck), then update the runs; ``n`` counts the
+        sensor's readings, this one included."""
         repeat = values == cols["last_value"][slots]
         prev_run = cols["stuck_run"][slots]
         run = np.where(repeat, prev_run + 1, 0)
@@ -145,9 +146,7 @@ class StuckCheck:
         # A run that just ended raises the bar for what counts as stuck later.
         cols["longest_run"][slots] = np.where(repeat, longest, np.maximum(longest, prev_run))
         rate = cols["repeat_rate"][slots]
-        n = cols["repeat_n"][slots] + 1
         cols["repeat_rate"][slots] = rate + np.maximum(1.0 / n, self.alpha_min) * (repeat - rate)
-        cols["repeat_n"][slots] = n
         cols["stuck_run"][slots] = run
         cols["last_value"][slots] = values
         if self.readings <= 0:

@@ -77,7 +77,7 @@ class Scorer:
 
     def columns(self) -> list[Column]:
         """State columns the scorer and its evidence own."""
-        cols = [Column("fc_n", "int64", 0)] + self.residual.columns() + self.stuck.columns() + self.onset.columns()
+        cols = self.residual.columns() + self.stuck.columns() + self.onset.columns()
         if self.range is not None:
             cols += self.range.columns()
         if self.profile is not None:
@@ -85,25 +85,25 @@ class Scorer:
         return cols
 
     def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, ts: np.ndarray, values: np.ndarray, fc_mean: np.ndarray,
-             spread: np.ndarray, scale: np.ndarray, mean: np.ndarray, interval: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             spread: np.ndarray, scale: np.ndarray, mean: np.ndarray, interval: np.ndarray,
+             count: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Scores for one wave (each slot at most once).
 
         ``spread`` standardises residuals, ``scale`` is the sensor's normalising scale
-        when the forecast was made, ``mean`` its running mean and ``interval`` its
-        typical seconds between readings. Returns ``(residual, surprise, score)``; a reading without a
-        forecast yet has surprise and score 0.
+        when the forecast was made, ``mean`` its running mean, ``interval`` its typical
+        seconds between readings and ``count`` its readings so far, this one included
+        (every reading after a sensor's first has a forecast). Returns ``(residual,
+        surprise, score)``; a reading without a forecast yet has surprise and score 0.
         """
         residual = values - fc_mean
         has_fc = np.isfinite(residual)
-        fc_n = cols["fc_n"][slots] + has_fc
-        cols["fc_n"][slots] = fc_n
-        learn = has_fc & (fc_n > self.learn_after)
+        learn = has_fc & (count - 1 > self.learn_after)
         r = np.where(has_fc, np.abs(residual) / np.where(has_fc, spread, 1.0), np.nan)
         p = self.residual.step(cols, slots, r, learn)
         if self.range is not None:
-            p = np.minimum(p, self.range.step(cols, slots, values, scale, mean))
+            p = np.minimum(p, self.range.step(cols, slots, values, scale, mean, count - 1))
         if self.profile is not None:
             p = np.minimum(p, self.profile.step(cols, slots, ts, values, scale, interval, learn))
         surprise = np.where(has_fc, score_from_probability(np.minimum(self.n_tests * p, 1.0)), 0.0)
-        surprise = np.maximum(surprise, score_from_probability(self.stuck.step(cols, slots, values)))
+        surprise = np.maximum(surprise, score_from_probability(self.stuck.step(cols, slots, values, count)))
         return residual, surprise, self.onset.step(cols, slots, surprise)

@@ -63,10 +63,6 @@ class StateBank:
     def __getitem__(self, name: str) -> np.ndarray:
         return self.arrays[name]
 
-    def slot(self, sensor_id: str) -> int | None:
-        """The slot of a known sensor, else None."""
-        return self._slot_of.get(sensor_id)
-
     def held(self) -> tuple[list[str], np.ndarray]:
         """Ids of all sensors held and their slots, in matching order."""
         ids = list(self._slot_of)
