@@ -1,11 +1,12 @@
-"""The scorer's pieces on their own: tail estimates, range, time-of-day profile, onset."""
+"""The scorer's pieces on their own: tail estimates, range, time-of-day profile, runs of
+residuals, pattern novelty, onset."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from streamrnn.core.calibration import TailEstimator, score_from_probability
-from streamrnn.core.evidence import DailyProfile, RangeNovelty
+from streamrnn.core.evidence import DailyProfile, PatternNovelty, RangeNovelty, SustainedResidual
 from streamrnn.core.scoring import OnsetFilter
 from streamrnn.core.state import StateBank
 
@@ -116,6 +117,76 @@ def test_onset_filter_keeps_news_and_drops_repeats() -> None:
     assert got[:6] == [0.1, 0.8, 0.0, 0.0, 0.9, 0.0]
     assert got[-1] == 0.8  # after the peak decayed the same surprise is news again
     assert OnsetFilter(halflife=0).step(cols, ONE, np.array([0.3]))[0] == 0.3
+
+
+def test_onset_margin_makes_a_build_up_one_onset() -> None:
+    surprise = [0.4, 0.45, 0.48, 0.52, 0.65]
+    slow = OnsetFilter(halflife=1e6, margin=0.1)
+    cols = bank_for(slow)
+    # the first reading opens the incident; the next one counts only when it is a decade rarer
+    assert [slow.step(cols, ONE, np.array([s]))[0] for s in surprise] == [0.4, 0.0, 0.0, 0.52, 0.65]
+    plain = OnsetFilter(halflife=1e6, margin=0.0)
+    cols = bank_for(plain)
+    assert [plain.step(cols, ONE, np.array([s]))[0] for s in surprise] == surprise
+
+
+class Feed:
+    """Readings through one evidence component on one sensor, counted as the detector counts them."""
+
+    def __init__(self, component) -> None:
+        self.component, self.cols, self.n = component, bank_for(component), 0
+
+    def sustained(self, u: float, learn: bool = True) -> float:
+        self.n += 1
+        return float(self.component.step(self.cols, ONE, np.array([u]), np.array([self.n]), np.array([learn]))[0])
+
+    def pattern(self, value: float, learn: bool = True) -> float:
+        self.n += 1
+        return float(self.component.step(self.cols, ONE, np.array([value]), np.ones(1), np.zeros(1), np.array([self.n]),
+                                         np.array([learn]))[0])
+
+
+def test_sustained_residual_flags_a_run_that_larger_spikes_do_not_explain() -> None:
+    feed = Feed(SustainedResidual(window=10, clip=6.0))
+    rng = np.random.default_rng(3)
+    spike_ps = []
+    for i in range(3000):
+        u = 30.0 if i % 300 == 150 else abs(rng.normal())  # an isolated spike every 300 readings
+        p = feed.sustained(u)
+        if i % 300 == 150:
+            spike_ps.append(p)
+    # an isolated spike lifts the ten-reading mean only a little
+    # a shift that keeps the forecast 4 deviations off for ten readings is news, though each residual is smaller than the spikes
+    run = [feed.sustained(4.0, learn=False) for _ in range(10)]
+    assert run[-1] < 1e-4
+    assert min(spike_ps[3:]) > 1e-3
+    assert run[-1] < run[0]
+    # a sensor's first reading has no forecast: no window is judged until ten readings have one
+    fresh = Feed(SustainedResidual(window=10))
+    ps = [fresh.sustained(np.nan if i == 0 else 50.0) for i in range(11)]
+    assert ps[:10] == [1.0] * 10 and ps[10] < 1e-6
+
+
+def test_pattern_novelty_flags_a_new_shape_within_the_usual_range() -> None:
+    novelty = PatternNovelty(windows=256)
+    feed = Feed(novelty)
+    noise = np.random.default_rng(4).normal(scale=0.05, size=3192)
+    for i in range(3000):  # a daily-like cycle of 96 readings
+        feed.pattern(float(np.sin(2 * np.pi * i / 96.0) + noise[i]))
+    same = [feed.pattern(float(np.sin(2 * np.pi * i / 96.0) + noise[i]), learn=False) for i in range(3000, 3096)]
+    assert min(same) > 0.01
+    # the same values in a new shape: a cycle three times as fast, never leaving [-1, 1]
+    new = [feed.pattern(float(np.sin(2 * np.pi * i / 32.0) + noise[i]), learn=False) for i in range(3096, 3192)]
+    assert min(new) < 1e-6
+    # memory is bounded: 256 windows of 8 block means per sensor, whatever the history
+    assert feed.cols["pattern_kept"].shape == (1, 256, PatternNovelty.LENGTH)
+
+
+def test_pattern_novelty_never_matches_a_window_with_itself() -> None:
+    feed = Feed(PatternNovelty(windows=64))
+    ps = [feed.pattern(float(i % 7 == 0)) for i in range(PatternNovelty.SPAN + 40)]
+    # until a whole earlier window exists that does not overlap the current one, nothing is judged
+    assert ps == [1.0] * len(ps)
 
 
 def test_scores_map_probabilities_onto_decades() -> None:

@@ -90,7 +90,8 @@ class Detector:
             model_version,
             FeatureBuilder(s.normaliser_halflife),
             Scorer(s.calibration_halflife, s.calibration_clip, s.stuck_readings, s.tail_halflife, s.tail_prior_weight, s.learn_after,
-                   s.use_predicted_std, s.range_tolerance, s.range_halflife, s.profile_bins, s.profile_halflife_days, s.onset_halflife),
+                   s.use_predicted_std, s.range_tolerance, s.range_halflife, s.profile_bins, s.profile_halflife_days, s.onset_halflife,
+                   s.sustain_window, s.pattern_windows, s.onset_margin),
             Alerter(a.threshold, a.resolve_threshold, a.warmup_readings, a.open_after, a.resolve_after, a.cooldown_seconds),
             max_sensors=cfg.state.max_sensors,
             initial_capacity=cfg.state.initial_capacity,
@@ -280,9 +281,8 @@ class Detector:
         surprise = np.empty(m)
         for sel in waves:
             sl = ks[sel]
-            spread = fc_std[sel] if self.scorer.use_predicted_std else fc_scale[sel]
             interval = np.exp(cols["logdt_mean"][sl])
-            residual[sel], surprise[sel], score[sel] = self.scorer.step(cols, sl, kt[sel], kv[sel], fc_mean[sel], spread,
+            residual[sel], surprise[sel], score[sel] = self.scorer.step(cols, sl, kt[sel], kv[sel], fc_mean[sel], fc_std[sel],
                                                                         fc_scale[sel], mean_after[sel], interval, count_after[sel])
             # Alerts follow the surprise: it stays high while the sensor misbehaves,
             # which is what keeps an alert open until the sensor is back to normal.

@@ -9,17 +9,21 @@ normal reading of this sensor (1: nothing unusual):
 * :class:`RangeNovelty`: the value lies beyond everything the sensor has shown;
 * :class:`DailyProfile`: the value is far from the sensor's usual value at this time
   of day;
+* :class:`SustainedResidual`: the forecast has been off for several readings in a row;
+* :class:`PatternNovelty`: the shape of the recent readings is unlike any the sensor
+  has shown lately;
 * :class:`StuckCheck`: the sensor repeats one value far longer than it ever did.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .calibration import TailEstimator
 from .state import Column
 
-__all__ = ["DailyProfile", "RangeNovelty", "StuckCheck"]
+__all__ = ["DailyProfile", "PatternNovelty", "RangeNovelty", "StuckCheck", "SustainedResidual"]
 
 _DAY = 86400.0
 
@@ -110,6 +114,116 @@ class DailyProfile:
         a = np.maximum(1.0 / (k + 1), 1.0 - 0.5 ** (1.0 / halflife_visits))
         cols["profile_mean"][slots, b] = mean + a * (values - mean)
         cols["profile_visits"][slots, b] = np.minimum(k + 1, np.iinfo(np.int32).max)
+        return p
+
+
+class SustainedResidual:
+    """Scores a forecast that has been off for several readings in a row.
+
+    One large residual is judged on its own by the residual tail; once a sensor has
+    shown a few spikes, that tail is heavy and a later shift of the same size looks
+    ordinary. A shift, though, keeps the residuals up while the forecast catches up,
+    which spikes do not. This evidence is the mean of the last ``window`` residuals in
+    units of the residual's running scale, each capped at ``clip`` (one spike moves
+    the mean by at most ``clip / window``), judged by its own :class:`TailEstimator`:
+    the windowed mean of raw anomaly scores that Numenta's anomaly likelihood uses,
+    with HTM's window of 10.
+    """
+
+    def __init__(self, window: int = 10, clip: float = 6.0, tail: TailEstimator | None = None) -> None:
+        self.window = int(window)
+        self.clip = float(clip)
+        self.tail = tail or TailEstimator("sustain")
+
+    def columns(self) -> list[Column]:
+        """State columns this component owns."""
+        return [Column("sustain_ring", "float32", 0.0, (self.window,))] + self.tail.columns()
+
+    def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, u: np.ndarray, n: np.ndarray, learn: np.ndarray) -> np.ndarray:
+        """``p`` per reading. ``u`` is the residual in units of its running scale (NaN
+        without a forecast), ``n`` the sensor's readings so far, this one included, and
+        ``learn`` says which readings may update the tail estimate."""
+        ring = cols["sustain_ring"][slots]
+        ring[np.arange(len(slots)), n % self.window] = np.where(np.isfinite(u), np.minimum(u, self.clip), 0.0)
+        cols["sustain_ring"][slots] = ring
+        # a window is complete once it holds only readings that had a forecast
+        full = n > self.window
+        stat = np.where(full, ring.mean(axis=1, dtype=np.float64), np.nan)
+        return self.tail.step(cols, slots, stat, learn & full)
+
+
+class PatternNovelty:
+    """Scores a shape of the recent readings unlike any the sensor has shown lately.
+
+    A change of pattern with values in the usual range (a new periodic dip, a busy
+    day that looks like a quiet one) leaves each reading ordinary for the forecast,
+    the range and the time of day. This evidence looks at the last :attr:`SPAN`
+    readings as a whole: normalised by the sensor's running mean and scale and
+    reduced to :attr:`LENGTH` block means, the window is compared with the
+    ``windows`` past windows the sensor keeps (one every :attr:`EVERY` readings, in a
+    ring), leaving out those that overlap it. The distance to the nearest one (root
+    mean square per block) goes through a :class:`TailEstimator`: a shape far from
+    everything seen lately is rare. It is the nearest-neighbour distance that
+    discord search (matrix profile) and ART-style novelty detectors use, with a memory
+    bounded per sensor.
+    """
+
+    LENGTH = 8  # block means per window
+    BLOCK = 12  # readings per block
+    SPAN = LENGTH * BLOCK  # readings per window
+    EVERY = 4  # readings between kept windows
+    _CLIP = 10.0  # a normalised value counts at most this far from the mean
+
+    def __init__(self, windows: int = 256, tail: TailEstimator | None = None) -> None:
+        self.windows = int(windows)
+        self.tail = tail or TailEstimator("pattern")
+        # kept windows younger than this overlap the current one
+        self._exclude = self.SPAN // self.EVERY
+
+    def columns(self) -> list[Column]:
+        """State columns this component owns."""
+        # float16 windows: a coarse shape is all the comparison needs, and the kept
+        # windows are most of the memory this evidence costs per sensor
+        return [Column("pattern_recent", "float32", 0.0, (self.SPAN,)),
+                Column("pattern_kept", "float16", 0.0, (self.windows, self.LENGTH))] + self.tail.columns()
+
+    def _kept(self, n: np.ndarray) -> np.ndarray:
+        """Windows kept after ``n`` readings (one at reading SPAN, then every EVERY)."""
+        return np.maximum(n // self.EVERY - (self.SPAN - 1) // self.EVERY, 0)
+
+    def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, values: np.ndarray, scale: np.ndarray, mean: np.ndarray,
+             n: np.ndarray, learn: np.ndarray) -> np.ndarray:
+        """``p`` per reading, then keep the window if it is due. ``scale`` and ``mean``
+        normalise the value, ``n`` counts the sensor's readings, this one included,
+        and ``learn`` says which readings may update the distance's tail estimate."""
+        rows = np.arange(len(slots))
+        ok = np.isfinite(scale) & (scale > 0) & np.isfinite(mean)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.where(ok, np.clip((values - mean) / np.where(ok, scale, 1.0), -self._CLIP, self._CLIP), 0.0)
+        recent = cols["pattern_recent"][slots]
+        recent[rows, n % self.SPAN] = z
+        cols["pattern_recent"][slots] = recent
+        # oldest first: the ring position after the newest reading holds the oldest
+        order = (n[:, None] + 1 + np.arange(self.SPAN)[None, :]) % self.SPAN
+        window = np.take_along_axis(recent, order, axis=1).reshape(len(slots), self.LENGTH, self.BLOCK).mean(axis=2)
+
+        # torch: numpy converts float16 element by element, and this is the scorer's
+        # heaviest step (sensors x windows x blocks)
+        before = self._kept(n - 1)
+        newest = torch.from_numpy(((before - 1) % self.windows).astype(np.int32))
+        age = newest[:, None] - torch.arange(self.windows, dtype=torch.int32)[None, :]
+        age = torch.where(age < 0, age + self.windows, age)  # kept windows since each ring entry
+        usable = (age >= self._exclude) & (age < torch.from_numpy(np.minimum(before, self.windows).astype(np.int32))[:, None])
+        diff = torch.from_numpy(cols["pattern_kept"][slots]).float().sub_(torch.from_numpy(window.astype(np.float32))[:, None, :])
+        d2 = diff.mul_(diff).sum(dim=2).masked_fill_(~usable, float("inf")).amin(dim=1).double().numpy()
+        ready = (n >= self.SPAN) & np.isfinite(d2)
+        dist = np.where(ready, np.sqrt(np.where(ready, d2, 0.0) / self.LENGTH), np.nan)
+        p = self.tail.step(cols, slots, dist, learn & ready)
+
+        due = (n >= self.SPAN) & (n % self.EVERY == 0)
+        if due.any():
+            at = (self._kept(n[due]) - 1) % self.windows
+            cols["pattern_kept"][slots[due], at] = window[due].astype(np.float16)
         return p
 
 
