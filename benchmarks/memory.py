@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Memory per sensor of the detector's state bank at 100,000 sensors.
 
-    python benchmarks/memory.py [--sensors 100000] [--readings-per-sensor 3]
+    python benchmarks/memory.py [--sensors 100000] [--readings-per-sensor 3] [--history-length 128] [--pattern-windows 256]
 
 Feeds every sensor a few readings (batches of 5,000, as the worker would) and reports
 the state arrays' bytes per sensor, the Python-side index (sensor id dict and list,
@@ -21,6 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streamrnn.core import Detector, default_model_path, load_model  # noqa: E402
+from streamrnn.core.scoring import Scorer  # noqa: E402
 
 
 def rss_bytes() -> int:
@@ -33,10 +34,12 @@ def main() -> None:
     ap.add_argument("--sensors", type=int, default=100_000)
     ap.add_argument("--readings-per-sensor", type=int, default=3)
     ap.add_argument("--history-length", type=int, default=128, help="state.history_length (the ring dominates the row)")
+    ap.add_argument("--pattern-windows", type=int, default=256, help="scoring.pattern_windows (kept shapes per sensor)")
     args = ap.parse_args()
     n = args.sensors
     mf = load_model(default_model_path())
-    det = Detector(mf.model, mf.version, max_sensors=n, initial_capacity=1024, history_length=args.history_length)
+    det = Detector(mf.model, mf.version, scorer=Scorer(pattern_windows=args.pattern_windows), max_sensors=n, initial_capacity=1024,
+                   history_length=args.history_length)
     ids = [f"plant-a/line-{i // 100:04d}/sensor-{i:06d}" for i in range(n)]
     warm = [ids[0]] * 10
     det.process(warm, np.arange(10.0), np.ones(10))  # torch and numpy warmed up before measuring

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Worker throughput against raw kafka-python consumption of the same topic.
 
-    python benchmarks/throughput.py [--readings 200000] [--sensors 1000] [--partitions 8] [--rounds 2]
+    python benchmarks/throughput.py [--readings 200000] [--sensors 1000] [--partitions 8] [--rounds 2] [--pattern-windows 256]
 
 Starts the embedded broker, fills an N-partition topic with keyed JSON readings, then,
 interleaved for each round:
@@ -80,7 +80,7 @@ def raw_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_records
 
 
 def worker_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_records: int, state_dir: str,
-                alerts: dict | None = None, training: dict | None = None) -> tuple[float, float, dict]:
+                alerts: dict | None = None, training: dict | None = None, scoring: dict | None = None) -> tuple[float, float, dict]:
     from streamrnn.worker import Worker
 
     cfg = parse_config({
@@ -91,6 +91,7 @@ def worker_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_reco
         "state": {"dir": state_dir, "checkpoint_interval_seconds": 5},
         "alerts": {"log": False, **(alerts or {})},
         "training": training or {"enabled": False},
+        "scoring": scoring or {},
     })
     t0 = time.perf_counter()
     w = Worker(cfg)
@@ -136,6 +137,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-records", type=int, default=5000)
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--pattern-windows", type=int, default=256, help="scoring.pattern_windows (0: no pattern novelty)")
     args = ap.parse_args()
 
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
@@ -147,7 +149,8 @@ def main() -> None:
         rows = []
         for r in range(args.rounds):
             raw, raw_ss = raw_rate(broker, topic, args.readings, f"raw-{r}", args.max_records)
-            wk, wk_ss, detail = worker_rate(broker, topic, args.readings, f"worker-{r}", args.max_records, f"{tmp}/s{r}")
+            wk, wk_ss, detail = worker_rate(broker, topic, args.readings, f"worker-{r}", args.max_records, f"{tmp}/s{r}",
+                                            scoring={"pattern_windows": args.pattern_windows})
             rows.append({"raw": raw, "raw_steady": raw_ss, "worker": wk, "worker_steady": wk_ss, **detail})
             print(f"round {r}: raw {raw:,.0f}/s (steady {raw_ss:,.0f}/s)  worker {wk:,.0f}/s (steady {wk_ss:,.0f}/s)  "
                   f"ratio {wk / raw:.2f} (steady {wk_ss / raw_ss:.2f}); scoring took {detail['scoring_seconds_total']:.2f}s "
