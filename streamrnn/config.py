@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_config", "effective_config_yaml"]
 
@@ -116,9 +116,19 @@ class ScoringConfig(_Section):
     profile_bins: int = Field(48, ge=0, le=1440, description="Slots of the UTC day in each sensor's time-of-day profile; a value far from its slot's usual level is evidence (0 disables).")
     profile_halflife_days: float = Field(2.0, gt=0, description="Half-life, in days, of each time-of-day slot's mean.")
     sustain_window: int = Field(10, ge=0, le=1000, description="Readings over which the mean residual is judged as well, so a shift that keeps the forecast off counts even when single residuals of its size have been seen (0 disables).")
-    pattern_windows: int = Field(256, ge=0, le=100_000, description="Past shapes of the last 96 readings (one kept every 4 readings) each sensor compares its recent readings with; a shape unlike all of them is evidence (0 disables; 4 KiB per sensor at 256).")
+    pattern_windows: int = Field(256, ge=0, le=100_000, description="Past shapes of the last 96 readings (one kept every 4 readings) each sensor compares its recent readings with; a shape unlike all of them is evidence (0 disables, else more than 24; 4 KiB per sensor at 256).")
     onset_halflife: float = Field(50.0, ge=0, description="The anomaly score is 0 unless the reading is more surprising than the sensor's recent peak, which decays with this half-life in readings (0: score every reading).")
     onset_margin: float = Field(0.1, ge=0, le=1, description="An onset lifts the recent peak by this much more, so a build-up within one incident scores once (0.1: a later reading must be ten times rarer).")
+
+    @field_validator("pattern_windows")
+    @classmethod
+    def _pattern_windows_reach_past_the_overlap(cls, v: int) -> int:
+        from .core.evidence import PatternNovelty  # the geometry lives with the evidence
+
+        overlap = PatternNovelty.SPAN // PatternNovelty.EVERY  # kept windows that overlap the current one
+        if 0 < v <= overlap:
+            raise ValueError(f"must be 0 (off) or more than {overlap}: the newest {overlap} kept windows overlap the current one and are never compared")
+        return v
 
 
 class SinkConfig(_Section):

@@ -54,6 +54,7 @@ def test_minimal_yaml_from_design_is_accepted(tmp_path: Path) -> None:
     ("message:\n  out_of_order: keep\n", "message.out_of_order"),
     ("bogus_section: {}\n", "bogus_section"),
     ("kafka:\n  session_timeout_ms: 3000\n  heartbeat_interval_ms: 5000\n", "kafka"),
+    ("scoring:\n  pattern_windows: 16\n", "scoring.pattern_windows"),
 ])
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as e:

@@ -123,11 +123,11 @@ class SustainedResidual:
     One large residual is judged on its own by the residual tail; once a sensor has
     shown a few spikes, that tail is heavy and a later shift of the same size looks
     ordinary. A shift, though, keeps the residuals up while the forecast catches up,
-    which spikes do not. This evidence is the mean of the last ``window`` residuals in
-    units of the residual's running scale, each capped at ``clip`` (one spike moves
-    the mean by at most ``clip / window``), judged by its own :class:`TailEstimator`:
-    the windowed mean of raw anomaly scores that Numenta's anomaly likelihood uses,
-    with HTM's window of 10.
+    which spikes do not. This evidence is the mean of the last ``window`` residuals over
+    the forecast's predicted deviation, each capped at ``clip`` (one spike moves the
+    mean by at most ``clip / window``), judged by its own :class:`TailEstimator`: the
+    windowed mean of raw anomaly scores that Numenta's anomaly likelihood uses, with
+    HTM's window of 10.
     """
 
     def __init__(self, window: int = 10, clip: float = 6.0, tail: TailEstimator | None = None) -> None:
@@ -140,9 +140,9 @@ class SustainedResidual:
         return [Column("sustain_ring", "float32", 0.0, (self.window,))] + self.tail.columns()
 
     def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, u: np.ndarray, n: np.ndarray, learn: np.ndarray) -> np.ndarray:
-        """``p`` per reading. ``u`` is the residual in units of its running scale (NaN
-        without a forecast), ``n`` the sensor's readings so far, this one included, and
-        ``learn`` says which readings may update the tail estimate."""
+        """``p`` per reading. ``u`` is the absolute residual over the forecast's predicted
+        deviation (NaN without a forecast), ``n`` the sensor's readings so far, this one
+        included, and ``learn`` says which readings may update the tail estimate."""
         ring = cols["sustain_ring"][slots]
         ring[np.arange(len(slots)), n % self.window] = np.where(np.isfinite(u), np.minimum(u, self.clip), 0.0)
         cols["sustain_ring"][slots] = ring
@@ -179,6 +179,8 @@ class PatternNovelty:
         self.tail = tail or TailEstimator("pattern")
         # kept windows younger than this overlap the current one
         self._exclude = self.SPAN // self.EVERY
+        if self.windows <= self._exclude:
+            raise ValueError(f"windows must be more than {self._exclude}: the newest {self._exclude} kept windows overlap the current one")
 
     def columns(self) -> list[Column]:
         """State columns this component owns."""
