@@ -125,9 +125,9 @@ class ScoringConfig(_Section):
     def _pattern_windows_reach_past_the_overlap(cls, v: int) -> int:
         from .core.evidence import PatternNovelty  # the geometry lives with the evidence
 
-        overlap = PatternNovelty.SPAN // PatternNovelty.EVERY  # kept windows that overlap the current one
-        if 0 < v <= overlap:
-            raise ValueError(f"must be 0 (off) or more than {overlap}: the newest {overlap} kept windows overlap the current one and are never compared")
+        if 0 < v <= PatternNovelty.OVERLAP:
+            raise ValueError(f"must be 0 (off) or more than {PatternNovelty.OVERLAP}: the newest {PatternNovelty.OVERLAP} kept windows "
+                             "overlap the current one and are never compared")
         return v
 
 

@@ -61,6 +61,18 @@ class Outcome:
     error: str = ""
 
 
+def _weights(model: GRUForecaster) -> dict[str, np.ndarray]:
+    """A model's weights as numpy copies: torch would pass tensors between processes
+    through shared-memory handles that vanish when the training process exits."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def _load_weights(model: GRUForecaster, weights: dict[str, np.ndarray]) -> GRUForecaster:
+    """``model`` with ``weights`` loaded, in eval mode."""
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    return model.eval()
+
+
 def fit_candidate(cfg: TrainingConfig, job: TrainingJob, seed: int, should_stop=None) -> Outcome:
     """Fine-tune a copy of the serving model on the job and apply the validation gate."""
     trainer = Trainer(lr=cfg.learning_rate, batch_size=cfg.batch_size, max_epochs=cfg.max_epochs, max_seconds=cfg.max_seconds,
@@ -74,22 +86,15 @@ def fit_candidate(cfg: TrainingConfig, job: TrainingJob, seed: int, should_stop=
     if not np.isfinite(res.best_val_loss):
         return Outcome("failed", error="validation loss is not finite")
     promoted = res.best_val_loss < serving_loss - cfg.min_improvement
-    # numpy, not tensors: torch would pass tensors between processes through shared
-    # memory handles that vanish when the training process exits
-    return Outcome("promoted" if promoted else "rejected",
-                   {k: v.detach().cpu().numpy().copy() for k, v in candidate.state_dict().items()} if promoted else None,
+    return Outcome("promoted" if promoted else "rejected", _weights(candidate) if promoted else None,
                    res.best_val_loss, serving_loss, res.epochs, res.stopped, res.seconds)
 
 
 def _child_main(conn, cfg: TrainingConfig, job: TrainingJob, arch: dict, weights: dict, seed: int) -> None:
     """Entry point of the training process: one thread, one run, one result back."""
-    import torch
-
     torch.set_num_threads(1)
     try:
-        serving = GRUForecaster(**arch)
-        serving.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
-        job = dataclasses.replace(job, serving=serving.eval())
+        job = dataclasses.replace(job, serving=_load_weights(GRUForecaster(**arch), weights))
         outcome = fit_candidate(cfg, job, seed)
     except Exception as e:
         outcome = Outcome("failed", error=f"{type(e).__name__}: {e}")
@@ -178,7 +183,7 @@ class Retrainer:
         self.metrics.retrain_in_progress.set(1)
         ctx = mp.get_context("spawn")
         recv, send = ctx.Pipe(duplex=False)
-        weights = {k: v.detach().cpu().numpy() for k, v in job.serving.state_dict().items()}
+        weights = _weights(job.serving)
         proc = ctx.Process(target=_child_main, args=(send, self.cfg, dataclasses.replace(job, serving=None), job.serving.arch(),
                                                      weights, self.runs), name="streamrnn-retrain", daemon=True)
         try:
@@ -202,14 +207,12 @@ class Retrainer:
             recv.close()
         return self._finish(job, outcome, t0)
 
-    def _finish(self, job: TrainingJob, outcome: "Outcome", t0: float) -> str:
+    def _finish(self, job: TrainingJob, outcome: Outcome, t0: float) -> str:
         c = self.cfg
         result = outcome.result
         try:
             if result == "promoted":
-                candidate = copy.deepcopy(job.serving)
-                candidate.load_state_dict({k: torch.from_numpy(v) for k, v in outcome.state_dict.items()})
-                candidate.eval()
+                candidate = _load_weights(copy.deepcopy(job.serving), outcome.state_dict)
                 if self.registry is not None:
                     version = self.registry.publish(candidate, parent=job.serving_version, training_window=job.window,
                                                     val_loss=outcome.val_loss, parent_val_loss=outcome.serving_loss,

@@ -61,7 +61,9 @@ def _read_topics(cfg: Config) -> pd.DataFrame:
 
     def flush() -> None:
         d = dec.decode(chunk)
-        ids.extend(d.sensor_ids), ts.extend(d.ts), vals.extend(d.values)
+        ids.extend(d.sensor_ids)
+        ts.extend(d.ts)
+        vals.extend(d.values)
         chunk.clear()
 
     with tqdm(desc="reading topics", unit=" msg", file=sys.stderr) as bar:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .calibration import TailEstimator
+from .calibration import TailEstimator, halflife_weight
 from .state import Column
 
 __all__ = ["DailyProfile", "PatternNovelty", "RangeNovelty", "StuckCheck", "SustainedResidual"]
@@ -43,7 +43,7 @@ class RangeNovelty:
 
     def __init__(self, tolerance: float = 0.05, halflife: float = 20000.0) -> None:
         self.tolerance = float(tolerance)
-        self.alpha = 1.0 - 0.5 ** (1.0 / halflife) if halflife > 0 else 0.0
+        self.alpha = halflife_weight(halflife)
         self.memory = 1.0 / self.alpha if self.alpha > 0 else np.inf
 
     @staticmethod
@@ -172,15 +172,14 @@ class PatternNovelty:
     BLOCK = 12  # readings per block
     SPAN = LENGTH * BLOCK  # readings per window
     EVERY = 4  # readings between kept windows
+    OVERLAP = SPAN // EVERY  # the newest kept windows, which overlap the current one
     _CLIP = 10.0  # a normalised value counts at most this far from the mean
 
     def __init__(self, windows: int = 256, tail: TailEstimator | None = None) -> None:
         self.windows = int(windows)
         self.tail = tail or TailEstimator("pattern")
-        # kept windows younger than this overlap the current one
-        self._exclude = self.SPAN // self.EVERY
-        if self.windows <= self._exclude:
-            raise ValueError(f"windows must be more than {self._exclude}: the newest {self._exclude} kept windows overlap the current one")
+        if self.windows <= self.OVERLAP:
+            raise ValueError(f"windows must be more than {self.OVERLAP}: the newest {self.OVERLAP} kept windows overlap the current one")
 
     def columns(self) -> list[Column]:
         """State columns this component owns."""
@@ -215,7 +214,7 @@ class PatternNovelty:
         newest = torch.from_numpy(((before - 1) % self.windows).astype(np.int32))
         age = newest[:, None] - torch.arange(self.windows, dtype=torch.int32)[None, :]
         age = torch.where(age < 0, age + self.windows, age)  # kept windows since each ring entry
-        usable = (age >= self._exclude) & (age < torch.from_numpy(np.minimum(before, self.windows).astype(np.int32))[:, None])
+        usable = (age >= self.OVERLAP) & (age < torch.from_numpy(np.minimum(before, self.windows).astype(np.int32))[:, None])
         diff = torch.from_numpy(cols["pattern_kept"][slots]).float().sub_(torch.from_numpy(window.astype(np.float32))[:, None, :])
         d2 = diff.mul_(diff).sum(dim=2).masked_fill_(~usable, float("inf")).amin(dim=1).double().numpy()
         ready = (n >= self.SPAN) & np.isfinite(d2)
@@ -240,7 +239,7 @@ class StuckCheck:
 
     def __init__(self, readings: int = 30, halflife: float = 500.0) -> None:
         self.readings = int(readings)
-        self.alpha_min = 1.0 - 0.5 ** (1.0 / halflife)
+        self.alpha_min = halflife_weight(halflife)
 
     @staticmethod
     def columns() -> list[Column]:

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .calibration import GRID, SCORE_DECADES, TailEstimator, score_from_probability
+from .calibration import TailEstimator, score_from_probability
 from .evidence import DailyProfile, PatternNovelty, RangeNovelty, StuckCheck, SustainedResidual
 from .state import Column
 
-__all__ = ["GRID", "SCORE_DECADES", "OnsetFilter", "Scorer", "score_from_probability"]
+__all__ = ["OnsetFilter", "Scorer"]
 
 
 class OnsetFilter:
@@ -71,17 +71,14 @@ class Scorer:
                  use_predicted_std: bool = False, range_tolerance: float = 0.05, range_halflife: float = 20000.0,
                  profile_bins: int = 48, profile_halflife_days: float = 2.0, onset_halflife: float = 50.0,
                  sustain_window: int = 10, pattern_windows: int = 256, onset_margin: float = 0.1) -> None:
-        self.residual = TailEstimator("cal", calibration_halflife, tail_halflife, prior_weight, calibration_clip)
+        def tail(prefix: str) -> TailEstimator:  # every statistic's tail is learnt alike
+            return TailEstimator(prefix, calibration_halflife, tail_halflife, prior_weight, calibration_clip)
+
+        self.residual = tail("cal")
         self.range = RangeNovelty(range_tolerance, range_halflife) if range_tolerance > 0 else None
-        self.profile = (DailyProfile(profile_bins, profile_halflife_days,
-                                     tail=TailEstimator("profile", calibration_halflife, tail_halflife, prior_weight, calibration_clip))
-                        if profile_bins > 0 else None)
-        self.sustained = (SustainedResidual(sustain_window, calibration_clip,
-                                            tail=TailEstimator("sustain", calibration_halflife, tail_halflife, prior_weight, calibration_clip))
-                          if sustain_window > 0 else None)
-        self.pattern = (PatternNovelty(pattern_windows,
-                                       tail=TailEstimator("pattern", calibration_halflife, tail_halflife, prior_weight, calibration_clip))
-                        if pattern_windows > 0 else None)
+        self.profile = DailyProfile(profile_bins, profile_halflife_days, tail=tail("profile")) if profile_bins > 0 else None
+        self.sustained = SustainedResidual(sustain_window, calibration_clip, tail=tail("sustain")) if sustain_window > 0 else None
+        self.pattern = PatternNovelty(pattern_windows, tail=tail("pattern")) if pattern_windows > 0 else None
         self.stuck = StuckCheck(stuck_readings, calibration_halflife)
         self.onset = OnsetFilter(onset_halflife, onset_margin)
         # The first forecasts of a sensor come from a normaliser that has seen only a
@@ -91,19 +88,14 @@ class Scorer:
         # against the sensor's normalising scale only (False).
         self.use_predicted_std = bool(use_predicted_std)
         # Bonferroni: the surprise takes the strongest of this many tests.
-        self.n_tests = 1 + sum(e is not None for e in (self.range, self.profile, self.sustained, self.pattern))
+        self._evidence = [e for e in (self.range, self.profile, self.sustained, self.pattern) if e is not None]
+        self.n_tests = 1 + len(self._evidence)
 
     def columns(self) -> list[Column]:
         """State columns the scorer and its evidence own."""
         cols = self.residual.columns() + self.stuck.columns() + self.onset.columns()
-        if self.range is not None:
-            cols += self.range.columns()
-        if self.profile is not None:
-            cols += self.profile.columns()
-        if self.sustained is not None:
-            cols += self.sustained.columns()
-        if self.pattern is not None:
-            cols += self.pattern.columns()
+        for e in self._evidence:
+            cols += e.columns()
         return cols
 
     def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, ts: np.ndarray, values: np.ndarray, fc_mean: np.ndarray,
