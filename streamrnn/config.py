@@ -107,7 +107,7 @@ class ScoringConfig(_Section):
     calibration_halflife: float = Field(500.0, gt=1, description="Half-life, in readings, of each sensor's residual scale used to calibrate scores.")
     calibration_clip: float = Field(6.0, gt=1, description="Calibrated residuals above this count as this much when updating the scale (anomalies do not inflate it).")
     tail_halflife: float = Field(2000.0, gt=1, description="Half-life, in readings, of each sensor's residual tail estimate behind the score.")
-    tail_prior_weight: float = Field(20.0, ge=0, description="Pseudo-readings of a Gaussian tail that a sensor's tail estimate is shrunk towards.")
+    tail_prior_weight: float = Field(20.0, ge=0, description="Pseudo-readings of an exponential tail that a sensor's tail estimate is shrunk towards.")
     learn_after: int = Field(30, ge=0, description="Forecasts a sensor makes before its residuals start to calibrate its scores.")
     use_predicted_std: bool = Field(False, description="Standardise residuals by the forecast's predicted deviation (variance head) instead of the sensor's normalising scale (measured worse on both the synthetic fleet and NAB DEV).")
     stuck_readings: int = Field(30, ge=0, description="Identical consecutive values that mark a normally noisy sensor as stuck (0 disables).")
@@ -152,14 +152,14 @@ class SinkConfig(_Section):
 class AlertsConfig(_Section):
     """When an anomaly score becomes an alert."""
 
-    threshold: float = Field(0.6, gt=0, le=1, description="Surprise at or above which an alert opens (0.6: a reading this sensor shows once in a million, all evidence counted).")
+    threshold: float = Field(0.35, gt=0, le=1, description="Surprise at or above which an alert opens (0.35: evidence this strong in about one of 3,000 normal readings of this sensor, all five tests counted).")
     resolve_threshold: float = Field(0.2, ge=0, lt=1, description="Surprise below which a reading counts towards resolving (hysteresis).")
     warmup_readings: int = Field(60, ge=0, description="Readings a sensor needs before it may raise an alert.")
     open_after: int = Field(1, ge=1, description="Consecutive readings at or above threshold needed to open an alert.")
     resolve_after: int = Field(5, ge=1, description="Consecutive readings below resolve_threshold needed to resolve it.")
     cooldown_seconds: float = Field(600.0, ge=0, description="After a resolve, no new alert opens for this long (reading time).")
     log: bool = Field(True, description="Also log each alert event.")
-    severity_bands: dict[str, float] = Field(default_factory=lambda: {"warning": 0.6, "critical": 0.9}, description="Severity label: the band with the highest minimum score the alert reaches (below all: info).")
+    severity_bands: dict[str, float] = Field(default_factory=lambda: {"warning": 0.35, "critical": 0.9}, description="Severity label: the band with the highest minimum score the alert reaches (below all: info).")
     sinks: list[SinkConfig] = Field(default_factory=list, description="Alertmanager / webhook sinks beside the alerts topic.")
 
     @model_validator(mode="after")

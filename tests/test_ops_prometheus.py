@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from streamrnn.broker import EmbeddedBroker, free_port
+from streamrnn.config import AlertsConfig
 from streamrnn.synthetic import SensorFleet
 
 from .conftest import as_messages, produce, worker_config
@@ -122,7 +123,7 @@ def test_alertmanager_receives_the_alert_and_its_resolution(kafka: EmbeddedBroke
         assert a["labels"]["alertname"] == "StreamrnnAnomaly" and a["labels"]["sensor_id"] == "pump-1"
         assert a["labels"]["site"] == "test" and a["labels"]["severity"] in ("warning", "critical")
         assert float(a["annotations"]["value"]) == pytest.approx(v[n], rel=1e-5)
-        assert "forecast" in a["annotations"] and float(a["annotations"]["anomaly_score"]) >= 0.6
+        assert "forecast" in a["annotations"] and float(a["annotations"]["anomaly_score"]) >= AlertsConfig().threshold
         assert [x for x in am.alerts() if x["labels"]["sensor_id"] == "pump-1"]
 
         produce(kafka, topic, [msg(i) for i in range(n + 1, n + 40)])  # back to normal: it resolves

@@ -33,6 +33,19 @@ def test_tail_estimator_learns_a_sensor_heavy_tail() -> None:
     assert p_light < 1e-4 < 1e-3 < p_heavy
 
 
+def test_tail_estimator_calls_a_first_large_value_rare_not_impossible() -> None:
+    est = TailEstimator("t")
+    cols = bank_for(est)
+    for x in np.abs(np.random.default_rng(1).normal(size=3000)):
+        est.step(cols, ONE, np.array([x]), np.array([True]))
+    scale = np.sqrt(cols["t_scale2"][0])
+    p = [est.step(cols, ONE, np.array([k * scale]), np.array([False]))[0] for k in (8.0, 12.0, 40.0)]
+    # never seen beyond ~4 scales: the prior's exponential tail decides, so 12 scales is
+    # one in billions (not the 1e-300 a Gaussian prior gave) and a larger value still rarer
+    assert 1e-12 < p[1] < 1e-6
+    assert p[2] < p[1] < p[0]
+
+
 def test_tail_estimator_survives_a_statistic_that_was_always_zero() -> None:
     est = TailEstimator("t")
     cols = bank_for(est)
@@ -164,7 +177,8 @@ def test_sustained_residual_flags_a_run_that_larger_spikes_do_not_explain() -> N
     # a sensor's first reading has no forecast: no window is judged until ten readings have one
     fresh = Feed(SustainedResidual(window=10))
     ps = [fresh.sustained(np.nan if i == 0 else 50.0) for i in range(11)]
-    assert ps[:10] == [1.0] * 10 and ps[10] < 1e-6
+    # (then it is judged by the prior alone: a mean of 6 deviations, exp(-6 sqrt 2) = 2e-4)
+    assert ps[:10] == [1.0] * 10 and ps[10] < 1e-3
 
 
 def test_pattern_novelty_flags_a_new_shape_within_the_usual_range() -> None:

@@ -49,7 +49,7 @@ class AlertEvent:
 class Alerter:
     """Decides, one wave at a time, which readings open or resolve an alert."""
 
-    def __init__(self, threshold: float = 0.6, resolve_threshold: float = 0.2, warmup_readings: int = 60,
+    def __init__(self, threshold: float = 0.35, resolve_threshold: float = 0.2, warmup_readings: int = 60,
                  open_after: int = 1, resolve_after: int = 5, cooldown_seconds: float = 600.0) -> None:
         self.threshold = float(threshold)
         self.resolve_threshold = float(resolve_threshold)

@@ -4,7 +4,7 @@ Every piece of evidence the scorer weighs (forecast residuals, distance from the
 time-of-day profile) is a non-negative statistic whose scale and tail shape differ
 from sensor to sensor. :class:`TailEstimator` learns both online: a running scale,
 and an exponentially weighted rate at which the scaled statistic exceeded each level
-of a fixed grid, shrunk towards a Gaussian tail. From them comes ``p``, the estimated
+of a fixed grid, shrunk towards an exponential tail. From them comes ``p``, the estimated
 probability of a value at least this large, interpolated log-linearly between grid
 levels and extrapolated with the last slope beyond them.
 
@@ -16,14 +16,12 @@ thousand, 0.5 one in 100,000, 1 one in 10^10 or rarer.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from .state import Column
 
 __all__ = ["GRID", "SCORE_DECADES", "TailEstimator", "halflife_weight", "score_from_probability"]
 
 SCORE_DECADES = 10.0
-_SQRT2 = np.sqrt(2.0)
 # Statistics come in units of the sensor's normalising scale. A running scale below
 # 1e-3 of it is treated as 1e-3: without a floor, a sensor whose statistic was exactly
 # 0 for a while would find any float noise infinitely surprising.
@@ -42,16 +40,16 @@ def halflife_weight(halflife: float) -> float:
     return 1.0 - 0.5 ** (1.0 / halflife) if halflife > 0 else 0.0
 
 
-def erf(x: np.ndarray) -> np.ndarray:
-    """Elementwise error function (torch's, to avoid a SciPy dependency)."""
-    return torch.erf(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))).numpy()
-
-
 # Scaled-statistic levels at which each sensor tracks how often they are exceeded.
 GRID = np.array([1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.5, 8.0, 10.0, 13.0, 16.0, 20.0, 25.0, 32.0])
 _LOG_GRID = np.log(GRID)
-# Prior exceedance probabilities: a Gaussian tail, the shape of a well-calibrated forecast.
-PRIOR = np.maximum(1.0 - erf(GRID / _SQRT2), 1e-300)
+# Prior exceedance probabilities: an exponential tail with the statistic's unit RMS,
+# P(u >= x) = exp(-sqrt(2) x). Where a sensor has no history the prior decides, and a
+# Gaussian prior called the first large value impossible (1e-15 at 8 RMS, 1e-300 as
+# floored from 10 on) while real sensors' errors have heavier tails; the
+# exponential is the maximum-entropy law for a non-negative statistic of known mean.
+# Measured on NAB DEV (standard): Gaussian 73.9, Student-t(3) 72.5, exponential 75.6.
+PRIOR = np.exp(-np.sqrt(2.0) * GRID)
 
 
 class TailEstimator:
@@ -61,7 +59,7 @@ class TailEstimator:
     ``scale_halflife``, updates winsorised at ``clip`` so an anomaly does not inflate
     it), and the result ``u`` is compared with :data:`GRID`. The exceedance rates have
     half-life ``tail_halflife`` and are shrunk towards :data:`PRIOR` by
-    ``prior_weight`` pseudo-observations, so a young sensor is judged by a Gaussian
+    ``prior_weight`` pseudo-observations, so a young sensor is judged by an exponential
     tail and an old one by its own history. ``prefix`` names the state columns, so
     several estimators live side by side in one state bank.
     """
