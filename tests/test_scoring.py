@@ -56,48 +56,56 @@ def test_tail_estimator_survives_a_statistic_that_was_always_zero() -> None:
     assert est.step(cols, ONE, np.array([np.nan]), np.array([True]))[0] == 1.0
 
 
-class RangeFeed:
-    """Readings through a range check on one sensor, counted as the detector counts them."""
+class Feed:
+    """Readings through one evidence component on one sensor, counted as the detector counts them."""
 
-    def __init__(self, check: RangeNovelty) -> None:
-        self.check, self.cols, self.n = check, bank_for(check), 0
+    def __init__(self, component) -> None:
+        self.component, self.cols, self.n = component, bank_for(component), 0
 
-    def __call__(self, value: float, mean: float) -> float:
-        p = self.check.step(self.cols, ONE, np.array([value]), np.ones(1), np.array([mean]), np.array([self.n]))[0]
+    def range(self, value: float, mean: float) -> float:
+        self.n += 1  # the range check is told the readings before this one
+        return float(self.component.step(self.cols, ONE, np.array([value]), np.ones(1), np.array([mean]), np.array([self.n - 1]))[0])
+
+    def sustained(self, u: float, learn: bool = True) -> float:
         self.n += 1
-        return float(p)
+        return float(self.component.step(self.cols, ONE, np.array([u]), np.array([self.n]), np.array([learn]))[0])
+
+    def pattern(self, value: float, learn: bool = True) -> float:
+        self.n += 1
+        return float(self.component.step(self.cols, ONE, np.array([value]), np.ones(1), np.zeros(1), np.array([self.n]),
+                                         np.array([learn]))[0])
 
 
 def test_range_novelty_flags_a_new_extreme_by_how_far_it_goes() -> None:
-    feed = RangeFeed(RangeNovelty(tolerance=0.05, halflife=0))
+    feed = Feed(RangeNovelty(tolerance=0.05, halflife=0))
     cols = feed.cols
     gen = np.random.default_rng(1)
     for v in gen.uniform(0, 10, 999):
-        feed(v, 5.0)
+        feed.range(v, 5.0)
     lo, hi = cols["range_lo"][0], cols["range_hi"][0]
-    inside = feed(5.0, 5.0)
-    barely = feed(hi + 0.01 * (hi - lo), 5.0)
+    inside = feed.range(5.0, 5.0)
+    barely = feed.range(hi + 0.01 * (hi - lo), 5.0)
     hi = cols["range_hi"][0]
-    beyond = feed(hi + 3.0, 5.0)
+    beyond = feed.range(hi + 3.0, 5.0)
     assert inside == 1.0 and barely == 1.0  # within the tolerance of 5% of the width
     # 1001 readings before it: a new extreme is a 2-in-1001 event, and 3 scales beyond it exp(-3) of that
     assert np.isclose(beyond, 2.0 / 1001 * np.exp(-3.0))
 
 
 def test_range_novelty_ignores_a_slow_trend_and_forgets_a_glitch() -> None:
-    trend = RangeFeed(RangeNovelty(tolerance=0.05, halflife=0))
-    ps = [trend(0.01 * i + np.sin(i), 0.01 * i) for i in range(2000)]
+    trend = Feed(RangeNovelty(tolerance=0.05, halflife=0))
+    ps = [trend.range(0.01 * i + np.sin(i), 0.01 * i) for i in range(2000)]
     assert min(ps[100:]) == 1.0
 
-    feed = RangeFeed(RangeNovelty(tolerance=0.05, halflife=200))
+    feed = Feed(RangeNovelty(tolerance=0.05, halflife=200))
     cols = feed.cols
     for i in range(2000):
-        feed(20.0 + np.sin(i), 20.0)
-    feed(1e6, 20.0)  # one glitch
+        feed.range(20.0 + np.sin(i), 20.0)
+    feed.range(1e6, 20.0)  # one glitch
     for i in range(2000, 7000):  # 25 half-lives
-        feed(20.0 + np.sin(i), 20.0)
+        feed.range(20.0 + np.sin(i), 20.0)
     assert cols["range_hi"][0] < 30.0  # the glitch's extreme relaxed back
-    assert feed(60.0, 20.0) < 1e-3
+    assert feed.range(60.0, 20.0) < 1e-3
 
 
 def test_daily_profile_catches_a_value_normal_for_the_day_but_not_the_hour() -> None:
@@ -143,20 +151,6 @@ def test_onset_margin_makes_a_build_up_one_onset() -> None:
     assert [plain.step(cols, ONE, np.array([s]))[0] for s in surprise] == surprise
 
 
-class Feed:
-    """Readings through one evidence component on one sensor, counted as the detector counts them."""
-
-    def __init__(self, component) -> None:
-        self.component, self.cols, self.n = component, bank_for(component), 0
-
-    def sustained(self, u: float, learn: bool = True) -> float:
-        self.n += 1
-        return float(self.component.step(self.cols, ONE, np.array([u]), np.array([self.n]), np.array([learn]))[0])
-
-    def pattern(self, value: float, learn: bool = True) -> float:
-        self.n += 1
-        return float(self.component.step(self.cols, ONE, np.array([value]), np.ones(1), np.zeros(1), np.array([self.n]),
-                                         np.array([learn]))[0])
 
 
 def test_sustained_residual_flags_a_run_that_larger_spikes_do_not_explain() -> None:
@@ -168,10 +162,10 @@ def test_sustained_residual_flags_a_run_that_larger_spikes_do_not_explain() -> N
         p = feed.sustained(u)
         if i % 300 == 150:
             spike_ps.append(p)
-    # an isolated spike lifts the ten-reading mean only a little
     # a shift that keeps the forecast 4 deviations off for ten readings is news, though each residual is smaller than the spikes
     run = [feed.sustained(4.0, learn=False) for _ in range(10)]
     assert run[-1] < 1e-4
+    # an isolated spike lifts the ten-reading mean only a little
     assert min(spike_ps[3:]) > 1e-3
     assert run[-1] < run[0]
     # a sensor's first reading has no forecast: no window is judged until ten readings have one

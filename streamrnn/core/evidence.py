@@ -214,11 +214,12 @@ class PatternNovelty:
         newest = torch.from_numpy(((before - 1) % self.windows).astype(np.int32))
         age = newest[:, None] - torch.arange(self.windows, dtype=torch.int32)[None, :]
         age = torch.where(age < 0, age + self.windows, age)  # kept windows since each ring entry
-        usable = (age >= self.OVERLAP) & (age < torch.from_numpy(np.minimum(before, self.windows).astype(np.int32))[:, None])
+        # ages run below self.windows, so "kept before" needs no cap at the ring's size
+        usable = (age >= self.OVERLAP) & (age < torch.from_numpy(before.astype(np.int64))[:, None])
         diff = torch.from_numpy(cols["pattern_kept"][slots]).float().sub_(torch.from_numpy(window.astype(np.float32))[:, None, :])
         d2 = diff.mul_(diff).sum(dim=2).masked_fill_(~usable, float("inf")).amin(dim=1).double().numpy()
-        ready = (n >= self.SPAN) & np.isfinite(d2)
-        dist = np.where(ready, np.sqrt(np.where(ready, d2, 0.0) / self.LENGTH), np.nan)
+        ready = np.isfinite(d2)  # an earlier window that does not overlap this one exists
+        dist = np.where(ready, np.sqrt(d2 / self.LENGTH), np.nan)
         p = self.tail.step(cols, slots, dist, learn & ready)
 
         due = (n >= self.SPAN) & (n % self.EVERY == 0)

@@ -111,17 +111,18 @@ class Scorer:
         surprise and score 0.
         """
         residual = values - fc_mean
+        miss = np.abs(residual)
         has_fc = np.isfinite(residual)
         learn = has_fc & (count - 1 > self.learn_after)
         spread = fc_std if self.use_predicted_std else scale
-        r = np.where(has_fc, np.abs(residual) / np.where(has_fc, spread, 1.0), np.nan)
+        r = np.where(has_fc, miss / np.where(has_fc, spread, 1.0), np.nan)
         p = self.residual.step(cols, slots, r, learn)
         if self.sustained is not None:
             # Judged against the forecast's own predicted deviation: a run of residuals
             # that the model expected (a busy hour) is not evidence, the same run in a
             # calm hour is (measured: +1.6 NAB DEV points over the normalising scale,
             # which scored below no run evidence at all).
-            u = np.where(has_fc, np.abs(residual) / np.where(has_fc & (fc_std > 0), fc_std, np.inf), np.nan)
+            u = np.where(has_fc, miss / np.where(has_fc & (fc_std > 0), fc_std, np.inf), np.nan)
             p = np.minimum(p, self.sustained.step(cols, slots, u, count, learn))
         if self.range is not None:
             p = np.minimum(p, self.range.step(cols, slots, values, scale, mean, count - 1))
