@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streamrnn.config import Config  # noqa: E402
-from streamrnn.synthetic import SensorFleet  # noqa: E402
-from streamrnn.worker import load_detector  # noqa: E402
+from streamrnn.devtools.fleet import SensorFleet  # noqa: E402
+from streamrnn.lifecycle.serving import serving_detector  # noqa: E402
 
 
 def near(event, anomaly, slack: float) -> bool:
@@ -40,7 +40,7 @@ def measure(threshold: float, seeds: list[int], sensors: int, ticks: int) -> dic
         df = fleet.frame(ticks)
         anomalies = fleet.all_anomalies()
         cfg = Config.model_validate({"alerts": {"threshold": threshold, "resolve_threshold": min(0.2, threshold)}})
-        res = load_detector(cfg).process(df.sensor_id.tolist(), df.ts.to_numpy(), df.value.to_numpy())
+        res = serving_detector(None, cfg.model.path, scoring=cfg.scoring, alerts=cfg.alerts, bank=cfg.state).process(df.sensor_id.tolist(), df.ts.to_numpy(), df.value.to_numpy())
         opens = [e for e in res.events if e.event == "open"]
         slack = 10 * fleet.interval
         for a in anomalies:

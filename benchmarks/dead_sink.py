@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from throughput import fill, worker_rate  # noqa: E402
 
-from streamrnn.broker import EmbeddedBroker, free_port  # noqa: E402
+from streamrnn.devtools.broker import EmbeddedBroker, free_port  # noqa: E402
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streamrnn.core import Detector, default_model_path, load_model  # noqa: E402
-from streamrnn.core.scoring import Scorer  # noqa: E402
+from streamrnn.core import BankParams, Detector, ScoringParams  # noqa: E402
+from streamrnn.lifecycle.artifacts import default_model_path, load_model  # noqa: E402
 
 
 def rss_bytes() -> int:
@@ -38,8 +38,8 @@ def main() -> None:
     args = ap.parse_args()
     n = args.sensors
     mf = load_model(default_model_path())
-    det = Detector(mf.model, mf.version, scorer=Scorer(pattern_windows=args.pattern_windows), max_sensors=n, initial_capacity=1024,
-                   history_length=args.history_length)
+    det = Detector(mf.model, version=mf.version, scoring=ScoringParams(pattern_windows=args.pattern_windows),
+                   bank=BankParams(max_sensors=n, initial_capacity=1024, history_length=args.history_length))
     ids = [f"plant-a/line-{i // 100:04d}/sensor-{i:06d}" for i in range(n)]
     warm = [ids[0]] * 10
     det.process(warm, np.arange(10.0), np.ones(10))  # torch and numpy warmed up before measuring

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from throughput import fill, worker_rate  # noqa: E402
 
-from streamrnn.broker import EmbeddedBroker  # noqa: E402
+from streamrnn.devtools.broker import EmbeddedBroker  # noqa: E402
 
 
 def pct(xs: list[float], q: float) -> float:

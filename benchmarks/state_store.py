@@ -23,15 +23,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streamrnn.broker import EmbeddedBroker  # noqa: E402
-from streamrnn.checkpoint import ChangelogStateStore, LocalStateStore, PartitionState  # noqa: E402
+from streamrnn.devtools.broker import EmbeddedBroker  # noqa: E402
+from streamrnn.daemon.stores.base import PartitionState  # noqa: E402
+from streamrnn.daemon.stores.changelog import ChangelogStateStore  # noqa: E402
+from streamrnn.daemon.stores.local import LocalStateStore  # noqa: E402
 from streamrnn.config import parse_config  # noqa: E402
-from streamrnn.core import Detector, default_model_path, load_model  # noqa: E402
+from streamrnn.core import BankParams, Detector, ScoringParams  # noqa: E402
+from streamrnn.lifecycle.artifacts import default_model_path, load_model  # noqa: E402
 
 
 def filled_detector(n: int, parts: int) -> Detector:
     mf = load_model(default_model_path())
-    det = Detector(mf.model, mf.version, max_sensors=n, initial_capacity=n)
+    det = Detector(mf.model, version=mf.version, bank=BankParams(max_sensors=n, initial_capacity=n))
     ids = [f"sensor-{i:07d}" for i in range(n)]
     owner = np.arange(n, dtype=np.int32) % parts
     rng = np.random.default_rng(0)
@@ -64,14 +67,14 @@ def main() -> None:
             states = states_of(det, args.partitions)
             print(f"\n{n} sensors (filled in {time.perf_counter() - t:.0f}s), row {det.bank.row_dtype.itemsize} bytes")
             stores = {"local": LocalStateStore(f"{tmp}/{n}"),
-                      "kafka": ChangelogStateStore(kcfg, f"bench-changelog-{n}", det.bank.row_dtype, args.partitions)}
+                      "kafka": ChangelogStateStore(kcfg, topic=f"bench-changelog-{n}", row_dtype=det.bank.row_dtype, partitions=args.partitions)}
             for name, store in stores.items():
                 t = time.perf_counter()
                 size = store.save(states)
                 save_s = time.perf_counter() - t
                 t = time.perf_counter()
                 loaded = store.load(list(states))
-                fresh = Detector(det.model, det.model_version, max_sensors=n, initial_capacity=n)
+                fresh = Detector(det.model, version=det.model_version, bank=BankParams(max_sensors=n, initial_capacity=n))
                 for st in loaded.values():
                     fresh.bank.unpack(st.ids, st.rows)
                 restore_s = time.perf_counter() - t

@@ -30,9 +30,9 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streamrnn.broker import EmbeddedBroker  # noqa: E402
+from streamrnn.devtools.broker import EmbeddedBroker  # noqa: E402
 from streamrnn.config import parse_config  # noqa: E402
-from streamrnn.synthetic import SensorFleet  # noqa: E402
+from streamrnn.devtools.fleet import SensorFleet  # noqa: E402
 
 GROUP_SETTINGS = dict(session_timeout_ms=3000, heartbeat_interval_ms=500, fetch_max_wait_ms=20)
 
@@ -81,7 +81,7 @@ def raw_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_records
 
 def worker_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_records: int, state_dir: str,
                 alerts: dict | None = None, training: dict | None = None, scoring: dict | None = None) -> tuple[float, float, dict]:
-    from streamrnn.worker import Worker
+    from streamrnn.daemon.worker import Worker
 
     cfg = parse_config({
         "kafka": {"bootstrap_servers": [broker.bootstrap], "topics": [topic], "group_id": group,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything the tests need on a fresh Debian machine: Prometheus, Alertmanager and
 # promtool from Debian (the ops tests start them on loopback), and a virtual
-# environment with CPU torch first, then the project with its test extra.
+# environment with CPU torch first, then the project with its test and lint extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,4 +15,4 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # torch first, pinned to the CPU build (a looser request can pull a multi-GB CUDA build)
 .venv/bin/pip install --quiet torch==2.13.0
-.venv/bin/pip install --quiet -e '.[test]'
+.venv/bin/pip install --quiet -e '.[test,lint]'

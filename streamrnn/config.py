@@ -1,9 +1,13 @@
 """Typed, validated configuration loaded from one YAML file.
 
 Every setting has a default and a one-line description (the ``description`` of its
-field); ``configs/default.yaml`` is the same reference in YAML form. Loading is
-strict: an unknown key, a wrong type or an out-of-range value raises
-:class:`ConfigError` whose message names the dotted path of the key.
+field); ``configs/default.yaml`` is the same reference in YAML form, generated from
+these classes. The sections that configure the detector, the decoder and the model
+lifecycle *are* those components' parameter objects (:class:`~streamrnn.core.ScoringParams`
+and friends) or extend them with the daemon's own settings, so each default is
+written once, next to the code that uses it. Loading is strict: an unknown key, a
+wrong type or an out-of-range value raises :class:`ConfigError` whose message names
+the dotted path of the key.
 
 ``${VAR}`` and ``${VAR:-default}`` inside string values expand from the environment
 before validation, so secrets (SASL passwords, key passphrases) stay out of the file.
@@ -17,9 +21,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic.dataclasses import dataclass as section
+from pydantic.fields import FieldInfo
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_config", "effective_config_yaml"]
+from .core.alerts import AlertParams
+from .core.parameters import PARAMS
+from .core.scoring import ScoringParams
+from .core.state import BankParams
+from .ingest.messages import MessageParams
+from .lifecycle.retraining import RetrainParams
+
+__all__ = [
+    "AlertsConfig", "Config", "ConfigError", "KafkaConfig", "MessageConfig", "ScoringConfig", "SinkConfig", "StateConfig",
+    "TrainingConfig", "effective_config_yaml", "load_config", "parse_config", "setting_fields",
+]
 
 
 class ConfigError(ValueError):
@@ -34,101 +50,67 @@ class _Section(BaseModel):
 class KafkaConfig(_Section):
     """Where readings come from and where alerts and dead letters go."""
 
-    bootstrap_servers: list[str] = Field(["127.0.0.1:9092"], min_length=1, description="Kafka brokers to bootstrap from, host:port.")
-    topics: list[str] = Field(["sensors"], min_length=1, description="Topics holding sensor readings.")
-    group_id: str = Field("streamrnn", min_length=1, description="Consumer group; all workers of one deployment share it.")
-    alerts_topic: str = Field("sensor-alerts", min_length=1, description="Topic receiving alert events (keyed by sensor id).")
-    dead_letter_topic: str = Field("sensor-dlq", min_length=1, description="Topic receiving rejected messages with the reason in headers.")
-    client_id: str = Field("streamrnn", description="Client id reported to the broker.")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT", description="Protocol used to talk to brokers.")
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = Field(None, description="SASL mechanism when security_protocol is SASL_*.")
-    sasl_plain_username: str | None = Field(None, description="SASL username.")
-    sasl_plain_password: SecretStr | None = Field(None, description="SASL password; use ${ENV_VAR}, never a literal.")
-    ssl_cafile: str | None = Field(None, description="CA bundle used to verify brokers.")
-    ssl_certfile: str | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
-    ssl_keyfile: str | None = Field(None, description="Client private key (PEM) for mutual TLS.")
-    ssl_password: SecretStr | None = Field(None, description="Passphrase of ssl_keyfile; use ${ENV_VAR}.")
-    ssl_check_hostname: bool = Field(True, description="Verify that broker certificates match their host names.")
-    auto_offset_reset: Literal["earliest", "latest"] = Field("earliest", description="Where a group with no committed offset starts.")
-    session_timeout_ms: int = Field(45000, ge=1000, le=3600000, description="Group session timeout; a silent worker is evicted after it.")
-    heartbeat_interval_ms: int = Field(3000, ge=100, le=600000, description="Heartbeat period; keep below a third of session_timeout_ms.")
-    max_poll_interval_ms: int = Field(300000, ge=1000, description="Longest allowed gap between polls before the group evicts the worker.")
-    fetch_max_wait_ms: int = Field(500, ge=0, le=60000, description="Longest the broker holds a fetch waiting for data (bounds latency).")
-    max_poll_records: int = Field(5000, ge=1, le=1000000, description="Largest poll batch; large batches amortise the GRU step (measured).")
-    poll_timeout_ms: int = Field(1000, ge=0, le=60000, description="How long one poll waits for records.")
-    check_crcs: bool = Field(True, description="Verify record CRCs (install crc32c to keep this cheap).")
-    producer_acks: Literal["all", "0", "1"] = Field("all", description="Acknowledgements required for alerts and dead letters.")
-    producer_linger_ms: int = Field(5, ge=0, le=60000, description="Producer batching delay for alerts and dead letters.")
-    reconnect_backoff_initial_seconds: float = Field(1.0, gt=0, le=600, description="First wait before retrying an unreachable broker.")
-    reconnect_backoff_max_seconds: float = Field(30.0, gt=0, le=3600, description="Cap of the exponential backoff between broker retries.")
-    request_timeout_ms: int = Field(30000, ge=1000, description="Timeout of one request to the broker.")
-    connect_timeout_seconds: float = Field(10.0, gt=0, le=600, description="How long one connection attempt waits for the cluster before backing off and retrying.")
+    bootstrap_servers: list[str] = Field(default=["127.0.0.1:9092"], min_length=1, description="Kafka brokers to bootstrap from, host:port.")
+    topics: list[str] = Field(default=["sensors"], min_length=1, description="Topics holding sensor readings.")
+    group_id: str = Field(default="streamrnn", min_length=1, description="Consumer group; all workers of one deployment share it.")
+    alerts_topic: str = Field(default="sensor-alerts", min_length=1, description="Topic receiving alert events (keyed by sensor id).")
+    dead_letter_topic: str = Field(default="sensor-dlq", min_length=1, description="Topic receiving rejected messages with the reason in headers.")
+    client_id: str = Field(default="streamrnn", description="Client id reported to the broker.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(default="PLAINTEXT", description="Protocol used to talk to brokers.")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = Field(default=None, description="SASL mechanism when security_protocol is SASL_*.")
+    sasl_plain_username: str | None = Field(default=None, description="SASL username.")
+    sasl_plain_password: SecretStr | None = Field(default=None, description="SASL password; use ${ENV_VAR}, never a literal.")
+    ssl_cafile: str | None = Field(default=None, description="CA bundle used to verify brokers.")
+    ssl_certfile: str | None = Field(default=None, description="Client certificate (PEM) for mutual TLS.")
+    ssl_keyfile: str | None = Field(default=None, description="Client private key (PEM) for mutual TLS.")
+    ssl_password: SecretStr | None = Field(default=None, description="Passphrase of ssl_keyfile; use ${ENV_VAR}.")
+    ssl_check_hostname: bool = Field(default=True, description="Verify that broker certificates match their host names.")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(default="earliest", description="Where a group with no committed offset starts.")
+    session_timeout_ms: int = Field(default=45000, ge=1000, le=3600000, description="Group session timeout; a silent worker is evicted after it.")
+    heartbeat_interval_ms: int = Field(default=3000, ge=100, le=600000, description="Heartbeat period; keep below a third of session_timeout_ms.")
+    max_poll_interval_ms: int = Field(default=300000, ge=1000, description="Longest allowed gap between polls before the group evicts the worker.")
+    fetch_max_wait_ms: int = Field(default=500, ge=0, le=60000, description="Longest the broker holds a fetch waiting for data (bounds latency).")
+    max_poll_records: int = Field(default=5000, ge=1, le=1000000, description="Largest poll batch; large batches amortise the GRU step (measured).")
+    poll_timeout_ms: int = Field(default=1000, ge=0, le=60000, description="How long one poll waits for records.")
+    check_crcs: bool = Field(default=True, description="Verify record CRCs (install crc32c to keep this cheap).")
+    producer_acks: Literal["all", "0", "1"] = Field(default="all", description="Acknowledgements required for alerts and dead letters.")
+    producer_linger_ms: int = Field(default=5, ge=0, le=60000, description="Producer batching delay for alerts and dead letters.")
+    reconnect_backoff_initial_seconds: float = Field(default=1.0, gt=0, le=600, description="First wait before retrying an unreachable broker.")
+    reconnect_backoff_max_seconds: float = Field(default=30.0, gt=0, le=3600, description="Cap of the exponential backoff between broker retries.")
+    request_timeout_ms: int = Field(default=30000, ge=1000, description="Timeout of one request to the broker.")
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=600, description="How long one connection attempt waits for the cluster before backing off and retrying.")
 
     @model_validator(mode="after")
-    def _heartbeat_below_session(self) -> "KafkaConfig":
+    def _heartbeat_below_session(self) -> KafkaConfig:
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ValueError("heartbeat_interval_ms must be lower than session_timeout_ms")
         return self
 
 
-class MessageConfig(_Section):
-    """How to read a reading out of each JSON message."""
-
-    sensor_field: str = Field("sensor_id", min_length=1, description="JSON field holding the sensor id.")
-    time_field: str = Field("ts", min_length=1, description="JSON field holding the timestamp: epoch s, epoch ms or ISO-8601.")
-    value_field: str = Field("value", min_length=1, description="JSON field holding the numeric value.")
-    out_of_order: Literal["drop", "dead_letter"] = Field("drop", description="What to do with a reading at or before its sensor's last timestamp (replays after a crash are expected, so the default counts and drops them).")
+MessageConfig = MessageParams
+"""How to read a reading out of each JSON message (the decoder's own parameters)."""
 
 
 class ModelConfig(_Section):
     """The forecaster."""
 
-    path: str | None = Field(None, description="Model file (state dict + sha256 sidecar); empty uses the model shipped in the package.")
-    threads: int = Field(1, ge=1, le=256, description="Torch intra-op threads for the scoring step.")
+    path: str | None = Field(default=None, description="Model file (state dict + sha256 sidecar); empty uses the model shipped in the package.")
+    threads: int = Field(default=1, ge=1, le=256, description="Torch intra-op threads for the scoring step.")
 
 
-class StateConfig(_Section):
+@section(frozen=True, kw_only=True, config=PARAMS)
+class StateConfig(BankParams):
     """Per-sensor state and checkpoints."""
 
-    dir: str = Field("./state", min_length=1, description="Directory for per-partition state checkpoints (local backend) and the model registry.")
-    backend: Literal["local", "kafka"] = Field("local", description="local: files in dir (one node); kafka: a compacted changelog topic, so a partition's state moves with it between workers.")
-    changelog_topic: str | None = Field(None, description="Changelog topic of the kafka backend (default: <group_id>-state-changelog; created compacted if missing).")
-    changelog_partitions: int = Field(0, ge=0, description="Partitions of a new changelog topic (0: as many as the largest input topic).")
-    max_sensors: int = Field(100000, ge=1, le=100_000_000, description="Most sensors held; the least recently seen is evicted beyond it.")
-    initial_capacity: int = Field(1024, ge=1, description="Sensors preallocated at start; the bank doubles as sensors appear.")
-    history_length: int = Field(128, ge=0, le=100_000, description="Recent readings kept per sensor (re-warm after a model swap, retraining data); 0 disables retraining.")
-    checkpoint_interval_seconds: float = Field(5.0, ge=0, le=3600, description="Checkpoint (then commit offsets) at most this often; 0 after every batch.")
+    dir: str = Field(default="./state", min_length=1, description="Directory for per-partition state checkpoints (local backend) and the model registry.")
+    backend: Literal["local", "kafka"] = Field(default="local", description="local: files in dir (one node); kafka: a compacted changelog topic, so a partition's state moves with it between workers.")
+    changelog_topic: str | None = Field(default=None, description="Changelog topic of the kafka backend (default: <group_id>-state-changelog; created compacted if missing).")
+    changelog_partitions: int = Field(default=0, ge=0, description="Partitions of a new changelog topic (0: as many as the largest input topic).")
+    checkpoint_interval_seconds: float = Field(default=5.0, ge=0, le=3600, description="Checkpoint (then commit offsets) at most this often; 0 after every batch.")
 
 
-class ScoringConfig(_Section):
-    """Turning forecasts and residuals into anomaly scores."""
-
-    normaliser_halflife: float = Field(2000.0, gt=1, description="Half-life, in readings, of each sensor's running mean/variance used to normalise its values.")
-    calibration_halflife: float = Field(500.0, gt=1, description="Half-life, in readings, of each sensor's residual scale used to calibrate scores.")
-    calibration_clip: float = Field(6.0, gt=1, description="Calibrated residuals above this count as this much when updating the scale (anomalies do not inflate it).")
-    tail_halflife: float = Field(2000.0, gt=1, description="Half-life, in readings, of each sensor's residual tail estimate behind the score.")
-    tail_prior_weight: float = Field(20.0, ge=0, description="Pseudo-readings of an exponential tail that a sensor's tail estimate is shrunk towards.")
-    learn_after: int = Field(30, ge=0, description="Forecasts a sensor makes before its residuals start to calibrate its scores.")
-    use_predicted_std: bool = Field(False, description="Standardise residuals by the forecast's predicted deviation (variance head) instead of the sensor's normalising scale (measured worse on both the synthetic fleet and NAB DEV).")
-    stuck_readings: int = Field(30, ge=0, description="Identical consecutive values that mark a normally noisy sensor as stuck (0 disables).")
-    range_tolerance: float = Field(0.05, ge=0, description="A value beyond the sensor's past range by more than this fraction of the range's width is evidence of an anomaly (0 disables).")
-    range_halflife: float = Field(20000.0, ge=0, description="Half-life, in readings, with which the remembered range relaxes towards the running mean (0: never).")
-    profile_bins: int = Field(48, ge=0, le=1440, description="Slots of the UTC day in each sensor's time-of-day profile; a value far from its slot's usual level is evidence (0 disables).")
-    profile_halflife_days: float = Field(2.0, gt=0, description="Half-life, in days, of each time-of-day slot's mean.")
-    sustain_window: int = Field(10, ge=0, le=1000, description="Readings over which the mean residual is judged as well, so a shift that keeps the forecast off counts even when single residuals of its size have been seen (0 disables).")
-    pattern_windows: int = Field(256, ge=0, le=100_000, description="Past shapes of the last 96 readings (one kept every 4 readings) each sensor compares its recent readings with; a shape unlike all of them is evidence (0 disables, else more than 24; 4 KiB per sensor at 256).")
-    onset_halflife: float = Field(50.0, ge=0, description="The anomaly score is 0 unless the reading is more surprising than the sensor's recent peak, which decays with this half-life in readings (0: score every reading).")
-    onset_margin: float = Field(0.1, ge=0, le=1, description="An onset lifts the recent peak by this much more, so a build-up within one incident scores once (0.1: a later reading must be ten times rarer).")
-
-    @field_validator("pattern_windows")
-    @classmethod
-    def _pattern_windows_reach_past_the_overlap(cls, v: int) -> int:
-        from .core.evidence import PatternNovelty  # the geometry lives with the evidence
-
-        if 0 < v <= PatternNovelty.OVERLAP:
-            raise ValueError(f"must be 0 (off) or more than {PatternNovelty.OVERLAP}: the newest {PatternNovelty.OVERLAP} kept windows "
-                             "overlap the current one and are never compared")
-        return v
+ScoringConfig = ScoringParams
+"""Turning forecasts and residuals into anomaly scores (the scorer's own parameters)."""
 
 
 class SinkConfig(_Section):
@@ -136,76 +118,47 @@ class SinkConfig(_Section):
 
     type: Literal["alertmanager", "webhook"] = Field(..., description="alertmanager: Alertmanager v2 API; webhook: POST the alert JSON.")
     url: str = Field(..., min_length=1, description="Alertmanager base URL (http://host:9093) or the webhook URL.")
-    name: str | None = Field(None, description="Name in metrics and logs (default: the type).")
-    timeout_seconds: float = Field(5.0, gt=0, le=300, description="Timeout of one HTTP request.")
-    max_queue: int = Field(1000, ge=1, le=1_000_000, description="Events held while the receiver is slow; beyond it events are dropped and counted.")
-    max_retries: int = Field(5, ge=0, le=100, description="Retries of a failed send (connection error, 5xx, 429) before the event is dropped.")
-    backoff_initial_seconds: float = Field(0.5, gt=0, description="First wait between retries (exponential with jitter).")
-    backoff_max_seconds: float = Field(30.0, gt=0, description="Cap of the wait between retries.")
+    name: str | None = Field(default=None, description="Name in metrics and logs (default: the type).")
+    timeout_seconds: float = Field(default=5.0, gt=0, le=300, description="Timeout of one HTTP request.")
+    max_queue: int = Field(default=1000, ge=1, le=1_000_000, description="Events held while the receiver is slow; beyond it events are dropped and counted.")
+    max_retries: int = Field(default=5, ge=0, le=100, description="Retries of a failed send (connection error, 5xx, 429) before the event is dropped.")
+    backoff_initial_seconds: float = Field(default=0.5, gt=0, description="First wait between retries (exponential with jitter).")
+    backoff_max_seconds: float = Field(default=30.0, gt=0, description="Cap of the wait between retries.")
     headers: dict[str, SecretStr] = Field(default_factory=dict, description="Extra HTTP headers, e.g. Authorization: \"Bearer ${TOKEN}\".")
     labels: dict[str, str] = Field(default_factory=dict, description="Static labels added to Alertmanager alerts (e.g. team, site).")
-    alertname: str = Field("StreamrnnAnomaly", min_length=1, description="Alertmanager alertname label.")
-    resend_interval_seconds: float = Field(60.0, gt=0, description="Alertmanager: re-send open alerts this often so they do not time out.")
-    generator_url: str | None = Field(None, description="Alertmanager: link shown with the alert (e.g. the Grafana dashboard).")
+    alertname: str = Field(default="StreamrnnAnomaly", min_length=1, description="Alertmanager alertname label.")
+    resend_interval_seconds: float = Field(default=60.0, gt=0, description="Alertmanager: re-send open alerts this often so they do not time out.")
+    generator_url: str | None = Field(default=None, description="Alertmanager: link shown with the alert (e.g. the Grafana dashboard).")
 
 
-class AlertsConfig(_Section):
-    """When an anomaly score becomes an alert."""
+@section(frozen=True, kw_only=True, config=PARAMS)
+class AlertsConfig(AlertParams):
+    """When an anomaly score becomes an alert, and where alerts go beside the alerts topic."""
 
-    threshold: float = Field(0.35, gt=0, le=1, description="Surprise at or above which an alert opens (0.35: evidence this strong in about one of 3,000 normal readings of this sensor, all five tests counted).")
-    resolve_threshold: float = Field(0.2, ge=0, lt=1, description="Surprise below which a reading counts towards resolving (hysteresis).")
-    warmup_readings: int = Field(60, ge=0, description="Readings a sensor needs before it may raise an alert.")
-    open_after: int = Field(1, ge=1, description="Consecutive readings at or above threshold needed to open an alert.")
-    resolve_after: int = Field(5, ge=1, description="Consecutive readings below resolve_threshold needed to resolve it.")
-    cooldown_seconds: float = Field(600.0, ge=0, description="After a resolve, no new alert opens for this long (reading time).")
-    log: bool = Field(True, description="Also log each alert event.")
+    log: bool = Field(default=True, description="Also log each alert event.")
     severity_bands: dict[str, float] = Field(default_factory=lambda: {"warning": 0.35, "critical": 0.9}, description="Severity label: the band with the highest minimum score the alert reaches (below all: info).")
     sinks: list[SinkConfig] = Field(default_factory=list, description="Alertmanager / webhook sinks beside the alerts topic.")
 
-    @model_validator(mode="after")
-    def _hysteresis(self) -> "AlertsConfig":
-        if self.resolve_threshold > self.threshold:
-            raise ValueError("resolve_threshold must not exceed threshold")
-        return self
 
-
-class TrainingConfig(_Section):
-    """Scheduled retraining inside the worker (beside scoring, never blocking it)."""
-
-    enabled: bool = Field(True, description="Retrain on the schedule below.")
-    interval_seconds: float = Field(3600.0, ge=0, description="Retrain this often (0: no time trigger).")
-    every_readings: int = Field(0, ge=0, description="Also retrain after this many scored readings (0: no count trigger).")
-    min_sensors: int = Field(4, ge=1, description="Sensors with enough history needed for a run.")
-    min_history: int = Field(128, ge=16, description="Readings a sensor's history ring must hold to be used (capped at state.history_length).")
-    max_sensors: int = Field(512, ge=1, description="Sensors sampled per run, one sequence each (bounds memory; chatty sensors do not dominate).")
-    validation_fraction: float = Field(0.2, gt=0, lt=0.9, description="Most recent share of every sequence held out for the validation gate.")
-    min_improvement: float = Field(0.01, ge=0, description="Validation loss (nats) the candidate must gain over the serving model to be promoted.")
-    max_seconds: float = Field(120.0, gt=0, description="Time budget of one run.")
-    max_epochs: int = Field(20, ge=1, description="Epoch budget of one run.")
-    patience: int = Field(3, ge=1, description="Epochs without validation gain before stopping early.")
-    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate for fine-tuning.")
-    batch_size: int = Field(64, ge=1, description="Sequences per optimisation step.")
-    burn_in: int = Field(16, ge=0, description="Steps of each sequence that only warm the state (no loss).")
-    process: bool = Field(True, description="Train in a separate process (scoring keeps its own interpreter lock and core); false trains in a thread.")
-    registry_keep: int = Field(5, ge=1, description="Model versions kept in the registry.")
-    registry_poll_seconds: float = Field(30.0, gt=0, description="How often the worker checks the registry for a new serving version (rollback, other trainers).")
+TrainingConfig = RetrainParams
+"""Scheduled retraining and the model registry (the lifecycle's own parameters)."""
 
 
 class MetricsConfig(_Section):
     """The Prometheus endpoint (also serves /healthz and /readyz)."""
 
-    enabled: bool = Field(True, description="Serve metrics over HTTP.")
-    host: str = Field("0.0.0.0", description="Address the metrics server binds to.")
-    port: int = Field(9108, ge=0, le=65535, description="Metrics port (0 picks a free one).")
-    top_sensors: int = Field(20, ge=0, le=1000, description="Sensors exported with their own label in streamrnn_top_sensor_anomaly_score (the most anomalous; 0 disables).")
-    top_sensors_interval_seconds: float = Field(5.0, gt=0, description="How often the top-sensors series are recomputed.")
+    enabled: bool = Field(default=True, description="Serve metrics over HTTP.")
+    host: str = Field(default="0.0.0.0", description="Address the metrics server binds to.")
+    port: int = Field(default=9108, ge=0, le=65535, description="Metrics port (0 picks a free one).")
+    top_sensors: int = Field(default=20, ge=0, le=1000, description="Sensors exported with their own label in streamrnn_top_sensor_anomaly_score (the most anomalous; 0 disables).")
+    top_sensors_interval_seconds: float = Field(default=5.0, gt=0, description="How often the top-sensors series are recomputed.")
 
 
 class LoggingConfig(_Section):
     """Log output."""
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
-    format: Literal["text", "json"] = Field("text", description="text for people, json (one object per line, with sensor_id/partition/model_version where known) for log pipelines.")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    format: Literal["text", "json"] = Field(default="text", description="text for people, json (one object per line, with sensor_id/partition/model_version where known) for log pipelines.")
 
 
 class Config(_Section):
@@ -241,6 +194,14 @@ def _expand_env(node: Any, path: str) -> Any:
             raise ConfigError(f"{path}: environment variable {name} is not set")
         return _ENV_REF.sub(repl, node)
     return node
+
+
+def setting_fields(section_type: type) -> dict[str, FieldInfo]:
+    """The settings of one section class, in order (a pydantic model or parameter dataclass)."""
+    fields = getattr(section_type, "model_fields", None)
+    if fields is None:
+        fields = section_type.__pydantic_fields__  # type: ignore[attr-defined]
+    return dict(fields)
 
 
 def _format_errors(err: ValidationError) -> str:

@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from streamrnn.broker import EmbeddedBroker, free_port
+from streamrnn.devtools.broker import EmbeddedBroker, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streamrnn.broker import free_port
+from streamrnn.devtools.broker import free_port
 
 
 def require(binary: str) -> str:

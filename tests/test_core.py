@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from streamrnn.core import Alerter, Detector, GRUForecaster, StateBank, default_model_path, load_model
+from streamrnn.core import Alerter, AlertParams, BankParams, Detector, GRUForecaster, StateBank
+from streamrnn.lifecycle.artifacts import default_model_path, load_model
 from streamrnn.core.state import Column
-from streamrnn.synthetic import SensorFleet
+from streamrnn.devtools.fleet import SensorFleet
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def model_file():
 
 
 def make_detector(model_file, **alert_kw) -> Detector:
-    return Detector(model_file.model, model_file.version, alerter=Alerter(**alert_kw) if alert_kw else None)
+    return Detector(model_file.model, version=model_file.version, alerts=AlertParams(**alert_kw) if alert_kw else None)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_state_bank_grows_and_evicts_least_recently_seen() -> None:
 
 
 def test_more_sensors_in_a_batch_than_the_bank_holds_still_scores(model_file) -> None:
-    det = Detector(model_file.model, max_sensors=4, initial_capacity=2)
+    det = Detector(model_file.model, bank=BankParams(max_sensors=4, initial_capacity=2))
     r = det.process([f"s{i}" for i in range(10)], np.arange(10.0), np.ones(10))
     assert r.accepted.all() and len(det.bank) <= 4
 
@@ -145,8 +146,9 @@ def test_a_stuck_sensor_is_flagged(model_file) -> None:
 
 
 def test_alerter_warmup_hysteresis_and_cooldown() -> None:
-    al = Alerter(threshold=0.9, resolve_threshold=0.5, warmup_readings=3, open_after=2, resolve_after=2, cooldown_seconds=100)
-    bank = StateBank(Alerter.columns(), max_sensors=1)
+    al = Alerter(AlertParams(threshold=0.9, resolve_threshold=0.5, warmup_readings=3, open_after=2, resolve_after=2,
+                             cooldown_seconds=100))
+    bank = StateBank(Alerter.columns(), max_sensors=1, initial_capacity=1)
     slot = bank.assign(["s"])
     scores = [1, 1, 1, 1, 0.95, 0.7, 0.4, 0.95, 0.3, 0.2, 1, 1, 1, 1, 0.1, 0.1, 1, 1]
     ts = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 200, 201, 202, 203, 204, 205]
@@ -161,7 +163,7 @@ def test_alerter_warmup_hysteresis_and_cooldown() -> None:
 
 
 def test_the_core_imports_no_kafka() -> None:
-    code = "import sys, streamrnn.core, streamrnn.offline; print(any(m == 'kafka' or m.startswith('kafka.') for m in sys.modules))"
+    code = "import sys, streamrnn.core, streamrnn.cli.score; print(any(m == 'kafka' or m.startswith('kafka.') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -182,7 +184,7 @@ def test_gru_forecaster_state_size() -> None:
 def test_the_shipped_model_loads_and_its_checksum_matches(tmp_path) -> None:
     import hashlib
 
-    from streamrnn.core.model import ModelFileError
+    from streamrnn.lifecycle.artifacts import ModelFileError
 
     path = default_model_path()
     digest = path.with_name(path.name + ".sha256").read_text().split()[0]

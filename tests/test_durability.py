@@ -11,10 +11,11 @@ import numpy as np
 import orjson
 import pytest
 
-from streamrnn.broker import EmbeddedBroker
-from streamrnn.checkpoint import LocalStateStore
-from streamrnn.core import Detector, default_model_path, load_model
-from streamrnn.synthetic import SensorFleet
+from streamrnn.devtools.broker import EmbeddedBroker
+from streamrnn.daemon.stores.local import LocalStateStore
+from streamrnn.core import Detector
+from streamrnn.lifecycle.artifacts import default_model_path, load_model
+from streamrnn.devtools.fleet import SensorFleet
 
 from .conftest import as_messages, consume_all, produce, worker_config
 
@@ -30,7 +31,7 @@ def stream(seed: int, sensors: int = 30, ticks: int = 1000):
 
 def reference(df) -> tuple[Detector, list[tuple[str, float, str]]]:
     mf = load_model(default_model_path())
-    det = Detector(mf.model, mf.version)
+    det = Detector(mf.model, version=mf.version)
     res = det.process(df.sensor_id.tolist(), df.ts.to_numpy(), df.value.to_numpy())
     return det, sorted((e.sensor_id, e.ts, e.event) for e in res.events)
 
@@ -150,7 +151,7 @@ def test_a_clean_restart_forecasts_from_the_saved_hidden_state(kafka: EmbeddedBr
     v[400] += 30  # the first reading after the restart is a spike: its alert carries the forecast
     msg = lambda i: (b"m1", orjson.dumps({"sensor_id": "m1", "ts": 60.0 * i, "value": float(v[i])}))  # noqa: E731
     mf = load_model(default_model_path())
-    ref = Detector(mf.model, mf.version)
+    ref = Detector(mf.model, version=mf.version)
     r = ref.process(["m1"] * 401, 60.0 * t[:401], v[:401])
     expected = r.forecast[400]
 

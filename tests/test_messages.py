@@ -9,7 +9,8 @@ import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from streamrnn.messages import MessageDecoder, Reason, parse_timestamp
+from streamrnn.ingest.messages import MessageDecoder, MessageParams, Reason
+from streamrnn.ingest.timestamps import parse_timestamp
 
 T = 1732579200.5
 
@@ -29,7 +30,7 @@ def test_bad_timestamps_raise(raw: object) -> None:
 
 
 def test_custom_field_names_and_numeric_strings() -> None:
-    d = MessageDecoder("id", "time", "v").decode([orjson.dumps({"id": 7, "time": "2024-11-26T00:00:00Z", "v": "3.5"})])
+    d = MessageDecoder(MessageParams(sensor_field="id", time_field="time", value_field="v")).decode([orjson.dumps({"id": 7, "time": "2024-11-26T00:00:00Z", "v": "3.5"})])
     assert d.rejections == []
     assert d.sensor_ids == ["7"] and d.values == [3.5]
     assert d.ts == [datetime(2024, 11, 26, tzinfo=timezone.utc).timestamp()]

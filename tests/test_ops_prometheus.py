@@ -13,9 +13,9 @@ import orjson
 import pytest
 import yaml
 
-from streamrnn.broker import EmbeddedBroker, free_port
+from streamrnn.devtools.broker import EmbeddedBroker, free_port
 from streamrnn.config import AlertsConfig
-from streamrnn.synthetic import SensorFleet
+from streamrnn.devtools.fleet import SensorFleet
 
 from .conftest import as_messages, produce, worker_config
 from .ops import Alertmanager, Prometheus, WebhookReceiver, require

@@ -13,13 +13,14 @@ import pandas as pd
 import pytest
 import torch
 
-from streamrnn.broker import EmbeddedBroker
+from streamrnn.devtools.broker import EmbeddedBroker
 from streamrnn.config import parse_config
-from streamrnn.core import Detector, default_model_path, load_model
-from streamrnn.core.model import ModelFileError
-from streamrnn.metrics import WorkerMetrics
-from streamrnn.registry import ModelRegistry, RegistryError
-from streamrnn.retraining import Retrainer
+from streamrnn.core import Detector
+from streamrnn.lifecycle.artifacts import default_model_path, load_model
+from streamrnn.lifecycle.artifacts import ModelFileError
+from streamrnn.daemon.metrics import WorkerMetrics
+from streamrnn.lifecycle.registry import ModelRegistry, RegistryError
+from streamrnn.lifecycle.retraining import Retrainer
 
 from .conftest import produce, worker_config
 
@@ -43,7 +44,7 @@ def feed(det: Detector, values: np.ndarray, t0: int) -> np.ndarray:
 
 def fresh_detector() -> Detector:
     mf = load_model(default_model_path())
-    return Detector(mf.model, mf.version)
+    return Detector(mf.model, version=mf.version)
 
 
 def training_cfg(**kw):
@@ -81,7 +82,7 @@ def test_drift_retrain_is_promoted_and_residuals_fall(tmp_path: Path) -> None:
     det = fresh_detector()
     before = feed(det, regime_b(np.arange(300), rng), 0)
     metrics = WorkerMetrics()
-    reg = ModelRegistry(tmp_path / "models")
+    reg = ModelRegistry(tmp_path / "models", keep=5)
     rt = Retrainer(training_cfg(), reg, metrics)
     job = rt.make_job(det)
     assert job is not None and job.window["sensors"] == S
@@ -102,7 +103,7 @@ def test_drift_retrain_is_promoted_and_residuals_fall(tmp_path: Path) -> None:
 def test_a_worse_candidate_is_rejected_and_the_version_stays(tmp_path: Path) -> None:
     det = fresh_detector()
     feed(det, regime_b(np.arange(200), np.random.default_rng(1)), 0)
-    reg = ModelRegistry(tmp_path / "models")
+    reg = ModelRegistry(tmp_path / "models", keep=5)
     rt = Retrainer(training_cfg(min_improvement=50.0, max_epochs=2), reg, WorkerMetrics())
     assert rt.run(rt.make_job(det)) == "rejected"
     assert rt.take_promoted() is None and reg.versions() == [] and det.model_version == "default-1"
@@ -112,7 +113,7 @@ def test_a_failing_run_is_counted_and_scoring_goes_on(tmp_path: Path) -> None:
     det = fresh_detector()
     feed(det, regime_b(np.arange(200), np.random.default_rng(2)), 0)
     metrics = WorkerMetrics()
-    rt = Retrainer(training_cfg(max_epochs=2), ModelRegistry(tmp_path / "models"), metrics)
+    rt = Retrainer(training_cfg(max_epochs=2), ModelRegistry(tmp_path / "models", keep=5), metrics)
     job = rt.make_job(det)
     with torch.no_grad():
         job.serving.head.bias.fill_(float("nan"))  # a broken start model: the loss is NaN
@@ -172,7 +173,7 @@ def test_worker_retrains_on_drift_swaps_and_follows_rollback(kafka: EmbeddedBrok
     produce(kafka, topic, msgs)  # regime A for 600 readings per sensor, then B
     w.wait_metric("streamrnn_readings_scored_total", len(msgs), timeout=120)
     w.wait_metric("streamrnn_retrain_runs_total", 1, labels={"result": "promoted"}, timeout=60)
-    reg = ModelRegistry(tmp_path / "state" / "models")
+    reg = ModelRegistry(tmp_path / "state" / "models", keep=5)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:  # until a version trained on the new regime serves
         cur = reg.current()
@@ -189,7 +190,7 @@ def test_worker_retrains_on_drift_swaps_and_follows_rollback(kafka: EmbeddedBrok
     cont = regime_b(np.arange(1200, 1400), rng)
     maes = {}
     for name, mf in (("default", load_model(default_model_path())), ("promoted", reg.load(serving))):
-        det = Detector(mf.model, mf.version)
+        det = Detector(mf.model, version=mf.version)
         feed(det, values[:, 1000:], 1000)
         maes[name] = float(np.nanmean(feed(det, cont, 1200)))
     print(f"\nworker drift: MAE on the new regime {maes['default']:.3f} (shipped) -> {maes['promoted']:.3f} ({serving})")
@@ -234,7 +235,7 @@ def test_scoring_goes_on_during_a_slow_retrain(kafka: EmbeddedBroker, tmp_path: 
 def test_worker_falls_back_from_a_corrupt_model_file(kafka: EmbeddedBroker, tmp_path: Path, run_worker) -> None:
     topic = "corrupt"
     kafka.create_topics({topic: 1, f"{topic}-alerts": 1, f"{topic}-dlq": 1})
-    reg = ModelRegistry(tmp_path / "state" / "models")
+    reg = ModelRegistry(tmp_path / "state" / "models", keep=5)
     model = load_model(default_model_path()).model
     reg.publish(model, parent="default-1")
     reg.publish(model, parent="v1")
@@ -261,5 +262,5 @@ def test_train_command_reads_the_topics_retained_history(kafka: EmbeddedBroker, 
                        cwd=ROOT, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "from 6 sensors" in p.stdout and "published v1" in p.stdout
-    meta = ModelRegistry(tmp_path / "state" / "models").meta("v1")
+    meta = ModelRegistry(tmp_path / "state" / "models", keep=5).meta("v1")
     assert meta.training_window["source"] == "topics" and meta.training_window["readings"] == values.size

@@ -7,21 +7,29 @@ import numpy as np
 
 from streamrnn.core.calibration import TailEstimator, score_from_probability
 from streamrnn.core.evidence import DailyProfile, PatternNovelty, RangeNovelty, SustainedResidual
-from streamrnn.core.scoring import OnsetFilter
+from streamrnn.core.scoring import OnsetFilter, ScoringParams
 from streamrnn.core.state import StateBank
 
 ONE = np.zeros(1, dtype=np.int64)
+DEFAULTS = ScoringParams()
+
+
+def tail(prefix: str) -> TailEstimator:
+    """A tail estimator with the scorer's default settings."""
+    d = DEFAULTS
+    return TailEstimator(prefix, scale_halflife=d.calibration_halflife, tail_halflife=d.tail_halflife,
+                         prior_weight=d.tail_prior_weight, clip=d.calibration_clip)
 
 
 def bank_for(component) -> dict[str, np.ndarray]:
-    bank = StateBank(component.columns(), max_sensors=1)
+    bank = StateBank(component.columns(), max_sensors=1, initial_capacity=1)
     bank.assign(["s"])
     return bank.arrays
 
 
 def test_tail_estimator_learns_a_sensor_heavy_tail() -> None:
     rng = np.random.default_rng(0)
-    light, heavy = TailEstimator("a"), TailEstimator("b")
+    light, heavy = tail("a"), tail("b")
     cl, ch = bank_for(light), bank_for(heavy)
     for x in np.abs(rng.normal(size=3000)):
         light.step(cl, ONE, np.array([x]), np.array([True]))
@@ -34,7 +42,7 @@ def test_tail_estimator_learns_a_sensor_heavy_tail() -> None:
 
 
 def test_tail_estimator_calls_a_first_large_value_rare_not_impossible() -> None:
-    est = TailEstimator("t")
+    est = tail("t")
     cols = bank_for(est)
     for x in np.abs(np.random.default_rng(1).normal(size=3000)):
         est.step(cols, ONE, np.array([x]), np.array([True]))
@@ -47,7 +55,7 @@ def test_tail_estimator_calls_a_first_large_value_rare_not_impossible() -> None:
 
 
 def test_tail_estimator_survives_a_statistic_that_was_always_zero() -> None:
-    est = TailEstimator("t")
+    est = tail("t")
     cols = bank_for(est)
     for _ in range(200):
         est.step(cols, ONE, np.zeros(1), np.array([True]))
@@ -109,7 +117,7 @@ def test_range_novelty_ignores_a_slow_trend_and_forgets_a_glitch() -> None:
 
 
 def test_daily_profile_catches_a_value_normal_for_the_day_but_not_the_hour() -> None:
-    prof = DailyProfile(bins=24, halflife_days=3.0)
+    prof = DailyProfile(bins=24, halflife_days=3.0, tail=tail("profile"))
     cols = bank_for(prof)
     gen = np.random.default_rng(2)
     hour = 3600.0
@@ -131,13 +139,13 @@ def test_daily_profile_catches_a_value_normal_for_the_day_but_not_the_hour() -> 
 
 
 def test_onset_filter_keeps_news_and_drops_repeats() -> None:
-    onset = OnsetFilter(halflife=10)
+    onset = OnsetFilter(halflife=10, margin=DEFAULTS.onset_margin)
     cols = bank_for(onset)
     surprise = [0.1, 0.8, 0.8, 0.7, 0.9, 0.2] + [0.0] * 60 + [0.8]
     got = [onset.step(cols, ONE, np.array([s]))[0] for s in surprise]
     assert got[:6] == [0.1, 0.8, 0.0, 0.0, 0.9, 0.0]
     assert got[-1] == 0.8  # after the peak decayed the same surprise is news again
-    assert OnsetFilter(halflife=0).step(cols, ONE, np.array([0.3]))[0] == 0.3
+    assert OnsetFilter(halflife=0, margin=DEFAULTS.onset_margin).step(cols, ONE, np.array([0.3]))[0] == 0.3
 
 
 def test_onset_margin_makes_a_build_up_one_onset() -> None:
@@ -154,7 +162,7 @@ def test_onset_margin_makes_a_build_up_one_onset() -> None:
 
 
 def test_sustained_residual_flags_a_run_that_larger_spikes_do_not_explain() -> None:
-    feed = Feed(SustainedResidual(window=10, clip=6.0))
+    feed = Feed(SustainedResidual(window=10, clip=6.0, tail=tail("sustain")))
     rng = np.random.default_rng(3)
     spike_ps = []
     for i in range(3000):
@@ -169,14 +177,14 @@ def test_sustained_residual_flags_a_run_that_larger_spikes_do_not_explain() -> N
     assert min(spike_ps[3:]) > 1e-3
     assert run[-1] < run[0]
     # a sensor's first reading has no forecast: no window is judged until ten readings have one
-    fresh = Feed(SustainedResidual(window=10))
+    fresh = Feed(SustainedResidual(window=10, clip=DEFAULTS.calibration_clip, tail=tail("sustain")))
     ps = [fresh.sustained(np.nan if i == 0 else 50.0) for i in range(11)]
     # (then it is judged by the prior alone: a mean of 6 deviations, exp(-6 sqrt 2) = 2e-4)
     assert ps[:10] == [1.0] * 10 and ps[10] < 1e-3
 
 
 def test_pattern_novelty_flags_a_new_shape_within_the_usual_range() -> None:
-    novelty = PatternNovelty(windows=256)
+    novelty = PatternNovelty(windows=256, tail=tail("pattern"))
     feed = Feed(novelty)
     noise = np.random.default_rng(4).normal(scale=0.05, size=3192)
     for i in range(3000):  # a daily-like cycle of 96 readings
@@ -191,7 +199,7 @@ def test_pattern_novelty_flags_a_new_shape_within_the_usual_range() -> None:
 
 
 def test_pattern_novelty_never_matches_a_window_with_itself() -> None:
-    feed = Feed(PatternNovelty(windows=64))
+    feed = Feed(PatternNovelty(windows=64, tail=tail("pattern")))
     ps = [feed.pattern(float(i % 7 == 0)) for i in range(PatternNovelty.SPAN + 40)]
     # until a whole earlier window exists that does not overlap the current one, nothing is judged
     assert ps == [1.0] * len(ps)

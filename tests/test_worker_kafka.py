@@ -12,10 +12,11 @@ import pytest
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
-from streamrnn.broker import EmbeddedBroker, free_port
-from streamrnn.checkpoint import LocalStateStore
-from streamrnn.core import Detector, default_model_path, load_model
-from streamrnn.synthetic import SensorFleet
+from streamrnn.devtools.broker import EmbeddedBroker, free_port
+from streamrnn.daemon.stores.local import LocalStateStore
+from streamrnn.core import Detector
+from streamrnn.lifecycle.artifacts import default_model_path, load_model
+from streamrnn.devtools.fleet import SensorFleet
 
 from .conftest import as_messages, consume_all, produce, worker_config
 
@@ -79,7 +80,7 @@ def test_end_to_end_alerts_on_injected_anomalies(kafka: EmbeddedBroker, tmp_path
 
     # The daemon's alerts are exactly what the offline detector finds in the same stream.
     mf = load_model(default_model_path())
-    det = Detector(mf.model, mf.version)
+    det = Detector(mf.model, version=mf.version)
     res = det.process(df.sensor_id.tolist(), df.ts.to_numpy(), df.value.to_numpy())
     offline = sorted((e.sensor_id, e.ts, e.event) for e in res.events)
     assert sorted((e["sensor_id"], e["ts"], e["event"]) for e in events) == offline

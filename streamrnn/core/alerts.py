@@ -10,15 +10,41 @@ own timestamps, so replaying a stream gives the same events.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from enum import Enum
 
 import numpy as np
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass as parameters
 
+from .parameters import PARAMS
 from .state import Column
 
-__all__ = ["AlertEvent", "Alerter", "OPEN", "RESOLVED"]
+__all__ = ["AlertEvent", "AlertParams", "Alerter", "Transition"]
 
-OPEN = "open"
-RESOLVED = "resolved"
+
+class Transition(str, Enum):
+    """What an alert event does to its alert: the ``event`` field of every alert."""
+
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+@parameters(frozen=True, kw_only=True, config=PARAMS)
+class AlertParams:
+    """When a surprise opens and resolves an alert."""
+
+    threshold: float = Field(default=0.35, gt=0, le=1, description="Surprise at or above which an alert opens (0.35: evidence this strong in about one of 3,000 normal readings of this sensor, all five tests counted).")
+    resolve_threshold: float = Field(default=0.2, ge=0, lt=1, description="Surprise below which a reading counts towards resolving (hysteresis).")
+    warmup_readings: int = Field(default=60, ge=0, description="Readings a sensor needs before it may raise an alert.")
+    open_after: int = Field(default=1, ge=1, description="Consecutive readings at or above threshold needed to open an alert.")
+    resolve_after: int = Field(default=5, ge=1, description="Consecutive readings below resolve_threshold needed to resolve it.")
+    cooldown_seconds: float = Field(default=600.0, ge=0, description="After a resolve, no new alert opens for this long (reading time).")
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> AlertParams:
+        if self.resolve_threshold > self.threshold:
+            raise ValueError("resolve_threshold must not exceed threshold")
+        return self
 
 
 @dataclass(frozen=True)
@@ -33,13 +59,14 @@ class AlertEvent:
     anomaly_score: float
     threshold: float
     model_version: str
-    event: str
+    event: Transition
     opened_ts: float
     peak_score: float
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready dict (NaN forecasts become null)."""
         d = asdict(self)
+        d["event"] = self.event.value
         for k in ("forecast", "residual"):
             if not np.isfinite(d[k]):
                 d[k] = None
@@ -49,14 +76,14 @@ class AlertEvent:
 class Alerter:
     """Decides, one wave at a time, which readings open or resolve an alert."""
 
-    def __init__(self, threshold: float = 0.35, resolve_threshold: float = 0.2, warmup_readings: int = 60,
-                 open_after: int = 1, resolve_after: int = 5, cooldown_seconds: float = 600.0) -> None:
-        self.threshold = float(threshold)
-        self.resolve_threshold = float(resolve_threshold)
-        self.warmup_readings = int(warmup_readings)
-        self.open_after = int(open_after)
-        self.resolve_after = int(resolve_after)
-        self.cooldown_seconds = float(cooldown_seconds)
+    def __init__(self, params: AlertParams) -> None:
+        self.params = params
+        self.threshold = params.threshold
+        self.resolve_threshold = params.resolve_threshold
+        self.warmup_readings = params.warmup_readings
+        self.open_after = params.open_after
+        self.resolve_after = params.resolve_after
+        self.cooldown_seconds = params.cooldown_seconds
 
     @staticmethod
     def columns() -> list[Column]:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .halflife import halflife_weight
 from .state import Column
 
-__all__ = ["GRID", "SCORE_DECADES", "TailEstimator", "halflife_weight", "score_from_probability"]
+__all__ = ["GRID", "SCORE_DECADES", "TailEstimator", "score_from_probability"]
 
 SCORE_DECADES = 10.0
 # Statistics come in units of the sensor's normalising scale. A running scale below
@@ -32,12 +33,6 @@ def score_from_probability(p: np.ndarray) -> np.ndarray:
     """Anomaly score in [0, 1] from a tail probability: ``-log10(p) / 10``, clipped."""
     # + 0.0 turns the -0.0 of p = 1 into 0.0 (CSV output shows "-0" otherwise)
     return np.clip(-np.log10(np.maximum(p, 1e-300)) / SCORE_DECADES, 0.0, 1.0) + 0.0
-
-
-def halflife_weight(halflife: float) -> float:
-    """Weight of the newest observation in an exponentially weighted mean whose older
-    observations count half after ``halflife`` steps (0 when ``halflife <= 0``: no memory)."""
-    return 1.0 - 0.5 ** (1.0 / halflife) if halflife > 0 else 0.0
 
 
 # Scaled-statistic levels at which each sensor tracks how often they are exceeded.
@@ -64,8 +59,7 @@ class TailEstimator:
     several estimators live side by side in one state bank.
     """
 
-    def __init__(self, prefix: str, scale_halflife: float = 500.0, tail_halflife: float = 2000.0, prior_weight: float = 20.0,
-                 clip: float = 6.0) -> None:
+    def __init__(self, prefix: str, *, scale_halflife: float, tail_halflife: float, prior_weight: float, clip: float) -> None:
         self.prefix = prefix
         self.alpha_min = halflife_weight(scale_halflife)
         self.tail_alpha_min = halflife_weight(tail_halflife)

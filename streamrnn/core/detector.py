@@ -9,17 +9,17 @@ vectorised numpy step per wave, and the GRU runs once per batch over all sensors
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from .alerts import Alerter, AlertEvent
-from .features import FeatureBuilder, N_FEATURES
-from .model import GRUForecaster
-from .scoring import Scorer
-from .state import CapacityError, Column, StateBank
+from .alerts import Alerter, AlertEvent, AlertParams, Transition
+from .features import N_FEATURES, FeatureBuilder
+from .forecaster import GRUForecaster
+from .scoring import Scorer, ScoringParams
+from .state import BankParams, CapacityError, Column, StateBank
 
 __all__ = ["Detector", "ScoreResult"]
 
@@ -54,14 +54,16 @@ class ScoreResult:
 class Detector:
     """Stateful streaming detector for many sensors; see the module docstring."""
 
-    def __init__(self, model: GRUForecaster, model_version: str = "0", features: FeatureBuilder | None = None,
-                 scorer: Scorer | None = None, alerter: Alerter | None = None, max_sensors: int = 100_000,
-                 initial_capacity: int = 1024, history_length: int = 128) -> None:
+    def __init__(self, model: GRUForecaster, *, version: str = "0", scoring: ScoringParams | None = None,
+                 alerts: AlertParams | None = None, bank: BankParams | None = None) -> None:
+        """Serve ``model`` (named ``version`` in alerts); parameters left out take their defaults."""
+        scoring = scoring or ScoringParams()
+        bank = bank or BankParams()
         self.model = model.eval()
-        self.model_version = str(model_version)
-        self.features = features or FeatureBuilder()
-        self.scorer = scorer or Scorer()
-        self.alerter = alerter or Alerter()
+        self.model_version = str(version)
+        self.features = FeatureBuilder(normaliser_halflife=scoring.normaliser_halflife)
+        self.scorer = Scorer(scoring)
+        self.alerter = Alerter(alerts or AlertParams())
         cols = [
             Column("h", "float32", 0.0, (model.state_size,)),
             Column("fc_mean", "float64", np.nan),
@@ -73,30 +75,13 @@ class Detector:
         ]
         # The history ring: each sensor's last readings, for re-warming after a model
         # swap and as training data for scheduled retraining.
-        self.history_length = int(history_length)
+        self.history_length = bank.history_length
         if self.history_length:
             cols += [Column("hist_v", "float32", 0.0, (self.history_length,)),
                      Column("hist_t", "float64", 0.0, (self.history_length,)),
                      Column("hist_n", "int64", 0)]
         cols += self.features.columns() + self.scorer.columns() + self.alerter.columns()
-        self.bank = StateBank(cols, max_sensors=max_sensors, initial_capacity=initial_capacity)
-
-    @classmethod
-    def from_config(cls, cfg: "Config", model: GRUForecaster, model_version: str) -> "Detector":  # noqa: F821
-        """Build a detector from the ``scoring``, ``alerts`` and ``state`` settings."""
-        s, a = cfg.scoring, cfg.alerts
-        return cls(
-            model,
-            model_version,
-            FeatureBuilder(s.normaliser_halflife),
-            Scorer(s.calibration_halflife, s.calibration_clip, s.stuck_readings, s.tail_halflife, s.tail_prior_weight, s.learn_after,
-                   s.use_predicted_std, s.range_tolerance, s.range_halflife, s.profile_bins, s.profile_halflife_days, s.onset_halflife,
-                   s.sustain_window, s.pattern_windows, s.onset_margin),
-            Alerter(a.threshold, a.resolve_threshold, a.warmup_readings, a.open_after, a.resolve_after, a.cooldown_seconds),
-            max_sensors=cfg.state.max_sensors,
-            initial_capacity=cfg.state.initial_capacity,
-            history_length=cfg.state.history_length,
-        )
+        self.bank = StateBank(cols, max_sensors=bank.max_sensors, initial_capacity=bank.initial_capacity)
 
     @property
     def active_sensors(self) -> int:
@@ -304,7 +289,7 @@ class Detector:
             res.events.append(AlertEvent(
                 sensor_id=str(sensor_ids[i]), ts=float(kt[p]), value=float(kv[p]), forecast=float(fc_mean[p]),
                 residual=float(residual[p]), anomaly_score=float(res.surprise[i]), threshold=self.alerter.threshold,
-                model_version=self.model_version, event="open" if opened[p] else "resolved",
+                model_version=self.model_version, event=Transition.OPEN if opened[p] else Transition.RESOLVED,
                 opened_ts=float(opened_ts[p]), peak_score=float(min(peak[p], 1.0)),
             ))
             res.event_index.append(i)

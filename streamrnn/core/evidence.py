@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .calibration import TailEstimator, halflife_weight
+from .calibration import TailEstimator
+from .halflife import halflife_weight
 from .state import Column
 
 __all__ = ["DailyProfile", "PatternNovelty", "RangeNovelty", "StuckCheck", "SustainedResidual"]
@@ -41,7 +42,7 @@ class RangeNovelty:
     so one glitch does not blind the check for good; ``n`` is capped at that memory.
     """
 
-    def __init__(self, tolerance: float = 0.05, halflife: float = 20000.0) -> None:
+    def __init__(self, *, tolerance: float, halflife: float) -> None:
         self.tolerance = float(tolerance)
         self.alpha = halflife_weight(halflife)
         self.memory = 1.0 / self.alpha if self.alpha > 0 else np.inf
@@ -83,11 +84,13 @@ class DailyProfile:
     is normal for the day but not for the hour (a holiday, a shifted shift).
     """
 
-    def __init__(self, bins: int = 48, halflife_days: float = 2.0, min_visits: int = 3, tail: TailEstimator | None = None) -> None:
+    # A slot's mean is trusted after this many visits.
+    MIN_VISITS = 3
+
+    def __init__(self, *, bins: int, halflife_days: float, tail: TailEstimator) -> None:
         self.bins = int(bins)
         self.halflife_days = float(halflife_days)
-        self.min_visits = int(min_visits)
-        self.tail = tail or TailEstimator("profile")
+        self.tail = tail
 
     def columns(self) -> list[Column]:
         """State columns this component owns."""
@@ -105,13 +108,13 @@ class DailyProfile:
         b = np.clip((np.mod(ts, _DAY) * (self.bins / _DAY)).astype(np.int64), 0, self.bins - 1)
         mean = cols["profile_mean"][slots, b].astype(np.float64)
         k = cols["profile_visits"][slots, b].astype(np.int64)
-        ready = (k >= self.min_visits) & np.isfinite(scale) & (scale > 0)
+        ready = (k >= self.MIN_VISITS) & np.isfinite(scale) & (scale > 0)
         dev = np.where(ready, np.abs(values - mean) / np.where(ready, scale, 1.0), np.nan)
         p = self.tail.step(cols, slots, dev, learn & ready)
 
         visits_per_day = _DAY / (self.bins * np.maximum(interval, 1e-3))
         halflife_visits = np.maximum(self.halflife_days * visits_per_day, 1.0)
-        a = np.maximum(1.0 / (k + 1), 1.0 - 0.5 ** (1.0 / halflife_visits))
+        a = np.maximum(1.0 / (k + 1), halflife_weight(halflife_visits))
         cols["profile_mean"][slots, b] = mean + a * (values - mean)
         cols["profile_visits"][slots, b] = np.minimum(k + 1, np.iinfo(np.int32).max)
         return p
@@ -130,10 +133,10 @@ class SustainedResidual:
     HTM's window of 10.
     """
 
-    def __init__(self, window: int = 10, clip: float = 6.0, tail: TailEstimator | None = None) -> None:
+    def __init__(self, *, window: int, clip: float, tail: TailEstimator) -> None:
         self.window = int(window)
         self.clip = float(clip)
-        self.tail = tail or TailEstimator("sustain")
+        self.tail = tail
 
     def columns(self) -> list[Column]:
         """State columns this component owns."""
@@ -175,9 +178,9 @@ class PatternNovelty:
     OVERLAP = SPAN // EVERY  # the newest kept windows, which overlap the current one
     _CLIP = 10.0  # a normalised value counts at most this far from the mean
 
-    def __init__(self, windows: int = 256, tail: TailEstimator | None = None) -> None:
+    def __init__(self, *, windows: int, tail: TailEstimator) -> None:
         self.windows = int(windows)
-        self.tail = tail or TailEstimator("pattern")
+        self.tail = tail
         if self.windows <= self.OVERLAP:
             raise ValueError(f"windows must be more than {self.OVERLAP}: the newest {self.OVERLAP} kept windows overlap the current one")
 
@@ -238,7 +241,7 @@ class StuckCheck:
     repeat rate.
     """
 
-    def __init__(self, readings: int = 30, halflife: float = 500.0) -> None:
+    def __init__(self, *, readings: int, halflife: float) -> None:
         self.readings = int(readings)
         self.alpha_min = halflife_weight(halflife)
 

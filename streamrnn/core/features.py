@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .halflife import halflife_weight
 from .state import Column
 
 __all__ = ["FeatureBuilder", "N_FEATURES", "Z_CLIP"]
@@ -32,10 +33,10 @@ _TWO_PI = 2.0 * np.pi
 class FeatureBuilder:
     """Updates each sensor's normaliser and turns one wave of readings into GRU inputs."""
 
-    def __init__(self, normaliser_halflife: float = 2000.0) -> None:
+    def __init__(self, *, normaliser_halflife: float) -> None:
         # EWMA weight with a 1/n warm start: exact running mean for the first
         # readings, then a long memory that still follows slow drift.
-        self.alpha_min = 1.0 - 0.5 ** (1.0 / normaliser_halflife)
+        self.alpha_min = halflife_weight(normaliser_halflife)
 
     @staticmethod
     def columns() -> list[Column]:

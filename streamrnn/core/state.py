@@ -10,12 +10,25 @@ lets a checkpoint pack a partition's sensors into rows of one structured dtype.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
+from pydantic import Field
+from pydantic.dataclasses import dataclass as parameters
 
-__all__ = ["Column", "StateBank", "CapacityError"]
+from .parameters import PARAMS
+
+__all__ = ["BankParams", "Column", "StateBank", "CapacityError"]
+
+
+@parameters(frozen=True, kw_only=True, config=PARAMS)
+class BankParams:
+    """How many sensors the state bank holds and how much recent history each keeps."""
+
+    max_sensors: int = Field(default=100000, ge=1, le=100_000_000, description="Most sensors held; the least recently seen is evicted beyond it.")
+    initial_capacity: int = Field(default=1024, ge=1, description="Sensors preallocated at start; the bank doubles as sensors appear.")
+    history_length: int = Field(default=128, ge=0, le=100_000, description="Recent readings kept per sensor (re-warm after a model swap, retraining data); 0 disables retraining.")
 
 
 @dataclass(frozen=True)
@@ -35,7 +48,7 @@ class CapacityError(RuntimeError):
 class StateBank:
     """Per-sensor state rows indexed by slot, with sensor-id lookup and LRU eviction."""
 
-    def __init__(self, columns: Iterable[Column], max_sensors: int = 100_000, initial_capacity: int = 1024) -> None:
+    def __init__(self, columns: Iterable[Column], *, max_sensors: int, initial_capacity: int) -> None:
         self.max_sensors = int(max_sensors)
         self.columns: dict[str, Column] = {}
         for c in columns:

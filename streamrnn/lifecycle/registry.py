@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .core.model import GRUForecaster, ModelFile, ModelFileError, atomic_write_bytes, load_model, save_model
+from ..core.forecaster import GRUForecaster
+from .artifacts import ModelFile, ModelFileError, atomic_write, load_model, save_model
 
 __all__ = ["ModelRegistry", "ModelMeta", "RegistryError"]
 
@@ -50,9 +51,14 @@ class ModelMeta:
 class ModelRegistry:
     """Versioned model files under one directory."""
 
-    def __init__(self, directory: str | Path, keep: int = 5) -> None:
+    def __init__(self, directory: str | Path, *, keep: int) -> None:
         self.dir = Path(directory)
         self.keep = max(1, int(keep))
+
+    @classmethod
+    def in_state_dir(cls, state_dir: str | Path, *, keep: int) -> ModelRegistry:
+        """The registry every worker of a deployment shares: ``<state.dir>/models``."""
+        return cls(Path(state_dir) / "models", keep=keep)
 
     # -- reading ----------------------------------------------------------------------
     def _num(self, version: str) -> int:
@@ -124,7 +130,7 @@ class ModelRegistry:
         meta = ModelMeta(version=version, parent=parent, created=time.time(), sha256=digest,
                          training_window=dict(training_window or {}), val_loss=val_loss,
                          parent_val_loss=parent_val_loss, extra=dict(extra or {}))
-        atomic_write_bytes(self.dir / f"{version}.json", json.dumps(asdict(meta), indent=1).encode())
+        atomic_write(self.dir / f"{version}.json", json.dumps(asdict(meta), indent=1).encode())
         if make_current:
             self.set_current(version)
         self._prune()
@@ -133,7 +139,7 @@ class ModelRegistry:
     def set_current(self, version: str) -> None:
         """Mark a version as serving (rollback uses this); it must load."""
         self.load(version)
-        atomic_write_bytes(self.dir / "CURRENT", f"{version}\n".encode())
+        atomic_write(self.dir / "CURRENT", f"{version}\n".encode())
 
     def _prune(self) -> None:
         cur = self.current()

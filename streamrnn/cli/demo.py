@@ -18,9 +18,9 @@ from datetime import datetime, timezone
 
 import orjson
 
-from .broker import BrokerUnavailable, EmbeddedBroker
-from .config import parse_config
-from .synthetic import SensorFleet
+from ..config import parse_config
+from ..devtools.broker import BrokerUnavailable, EmbeddedBroker
+from ..devtools.fleet import SensorFleet
 
 __all__ = ["run_demo"]
 
@@ -55,7 +55,7 @@ class _Feed(threading.Thread):
         nxt = time.monotonic()
         while not self.stop_event.is_set():
             ids, ts, values, _ = self.fleet.step()
-            for sid, t, v in zip(ids, ts.tolist(), values.tolist()):
+            for sid, t, v in zip(ids, ts.tolist(), values.tolist(), strict=True):
                 self.producer.send(SENSORS_TOPIC, key=sid.encode(), value=orjson.dumps({"sensor_id": sid, "ts": t, "value": v}))
             self.sent += len(ids)
             if self.fleet.tick % 150 == 0:  # a malformed message now and then shows the dead-letter path
@@ -105,7 +105,7 @@ def run_demo(duration: float | None = None, sensors: int = 40, metrics_port: int
     except BrokerUnavailable as e:
         print(f"streamrnn demo: {e}", file=sys.stderr)
         return 1
-    from .worker import Worker
+    from ..daemon.worker import Worker
 
     stop = threading.Event()
     feed = printer = None
@@ -130,8 +130,12 @@ def run_demo(duration: float | None = None, sensors: int = 40, metrics_port: int
 
             signal.signal(signal.SIGINT, on_signal)
             signal.signal(signal.SIGTERM, on_signal)
+            def stop_all() -> None:
+                stop.set()
+                worker.request_stop()
+
             if duration is not None:
-                threading.Timer(duration, lambda: (stop.set(), worker.request_stop())).start()
+                threading.Timer(duration, stop_all).start()
 
             _say(f"[demo ] broker {broker.bootstrap} (embedded tansu), topics {SENSORS_TOPIC} -> {ALERTS_TOPIC}, dead letters -> {DLQ_TOPIC}")
             feed.start()
@@ -144,7 +148,7 @@ def run_demo(duration: float | None = None, sensors: int = 40, metrics_port: int
             printer.join(5)
             m = worker.metrics
             scored = int(m.readings_scored._value.get())
-            dead = sum(int(s.value) for s in m.dead_letters.collect()[0].samples if s.name.endswith("_total"))
+            dead = sum(int(s.value) for s in list(m.dead_letters.collect())[0].samples if s.name.endswith("_total"))
             injected = len(feed.fleet.all_anomalies())
             _say(f"[demo ] done: {feed.sent} readings sent, {scored} scored, {injected} anomalies injected, "
                  f"{printer.count.get('open', 0)} alerts opened, {printer.count.get('resolved', 0)} resolved, {dead} dead letters")
@@ -154,7 +158,7 @@ def run_demo(duration: float | None = None, sensors: int = 40, metrics_port: int
         broker.stop()
 
 
-def _announce_metrics(worker: "object", stop: threading.Event) -> None:
+def _announce_metrics(worker: object, stop: threading.Event) -> None:
     for _ in range(100):
         server = getattr(worker, "server", None)
         if server is not None:

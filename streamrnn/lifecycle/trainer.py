@@ -1,52 +1,38 @@
-"""Training the forecaster on sensor histories (Gaussian negative log-likelihood).
+"""Fitting the forecaster (Gaussian negative log-likelihood) within a budget.
 
-:func:`make_windows` turns per-sensor series into input windows with exactly the
-features the live detector computes (it runs the same :class:`FeatureBuilder`);
-:class:`Trainer` fits a model to them within a time and epoch budget with early
-stopping on a held-out slice.
+:class:`Trainer` fits a model to sequences cut by :mod:`.datasets`, within a time and
+epoch budget, with early stopping on a held-out part; :class:`TrainerParams` holds its
+settings (the ``training`` section of the configuration extends them).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass as parameters
 from torch import nn
 
-from .features import N_FEATURES, Z_CLIP, FeatureBuilder
-from .model import GRUForecaster
-from .state import StateBank
+from ..core.forecaster import GRUForecaster
+from ..core.parameters import PARAMS
 
-__all__ = ["make_windows", "ring_targets", "Trainer", "TrainResult"]
+__all__ = ["TrainResult", "Trainer", "TrainerParams"]
 
 
-def make_windows(ts: np.ndarray, values: np.ndarray, window: int = 256, stride: int = 128,
-                 normaliser_halflife: float = 2000.0) -> tuple[np.ndarray, np.ndarray]:
-    """Windows ``x [N, window, F]`` and next-value targets ``y [N, window]``.
+@parameters(frozen=True, kw_only=True, config=PARAMS)
+class TrainerParams:
+    """How one training run fits the forecaster."""
 
-    ``ts`` and ``values`` are ``[sensors, T]`` matrices, each row one sensor in time
-    order. Features come from a fresh normaliser run over each whole row, exactly as
-    the detector would compute them (one vectorised step per time index).
-    """
-    ts = np.atleast_2d(np.asarray(ts, dtype=np.float64))
-    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
-    n_s, n_t = values.shape
-    if n_t < window + 1 or n_s == 0:
-        return np.zeros((0, window, N_FEATURES), np.float32), np.zeros((0, window), np.float32)
-    fb = FeatureBuilder(normaliser_halflife)
-    bank = StateBank(fb.columns(), max_sensors=n_s, initial_capacity=n_s)
-    slots = bank.assign([str(i) for i in range(n_s)])
-    feats = np.empty((n_s, n_t, N_FEATURES), dtype=np.float32)
-    for t in range(n_t):
-        feats[:, t], _, _ = fb.step(bank.arrays, slots, ts[:, t], values[:, t])
-    target = np.clip(feats[:, 1:, 0], -Z_CLIP, Z_CLIP)
-    starts = range(0, n_t - 1 - window + 1, stride)
-    x = np.concatenate([feats[:, s:s + window] for s in starts])
-    y = np.concatenate([target[:, s:s + window] for s in starts])
-    return x, y.astype(np.float32)
+    max_seconds: float = Field(default=120.0, gt=0, description="Time budget of one run.")
+    max_epochs: int = Field(default=20, ge=1, description="Epoch budget of one run.")
+    patience: int = Field(default=3, ge=1, description="Epochs without validation gain before stopping early.")
+    learning_rate: float = Field(default=1e-3, gt=0, description="Adam learning rate for fine-tuning.")
+    batch_size: int = Field(default=64, ge=1, description="Sequences per optimisation step.")
+    burn_in: int = Field(default=16, ge=0, description="Steps of each sequence that only warm the state (no loss).")
 
 
 @dataclass
@@ -69,14 +55,14 @@ class Trainer:
     held-out most recent part.
     """
 
-    def __init__(self, lr: float = 3e-3, batch_size: int = 64, max_epochs: int = 30, max_seconds: float = 300.0,
-                 patience: int = 4, burn_in: int = 32, seed: int = 0) -> None:
-        self.lr = lr
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.max_seconds = max_seconds
-        self.patience = patience
-        self.burn_in = burn_in
+    def __init__(self, params: TrainerParams, *, seed: int = 0) -> None:
+        self.params = params
+        self.lr = params.learning_rate
+        self.batch_size = params.batch_size
+        self.max_epochs = params.max_epochs
+        self.max_seconds = params.max_seconds
+        self.patience = params.patience
+        self.burn_in = params.burn_in
         self.seed = seed
 
     @staticmethod
@@ -170,21 +156,3 @@ class Trainer:
         model.load_state_dict(best_state)
         model.eval()
         return TrainResult(train_hist, val_hist, best, epoch, time.monotonic() - t0, stopped)
-
-
-def ring_targets(x: np.ndarray, lengths: np.ndarray, validation_fraction: float, burn_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Targets and train/validation masks for history-ring sequences.
-
-    The target of step ``t`` is the normalised value at ``t+1``. The most recent
-    ``validation_fraction`` of each sequence is held out: its steps count only in the
-    validation loss (the earlier steps are their context).
-    """
-    n, L = x.shape[:2]
-    y = np.zeros((n, L), dtype=np.float32)
-    y[:, :-1] = np.clip(x[:, 1:, 0], -Z_CLIP, Z_CLIP)
-    steps = np.arange(L)[None, :]
-    last = (lengths - 1)[:, None]  # the last real step has no target
-    split = (lengths - np.maximum(1, np.round(validation_fraction * lengths)).astype(int))[:, None]
-    train = (steps >= burn_in) & (steps < split - 1)
-    val = (steps >= split - 1) & (steps < last)
-    return y, train, val

@@ -1,66 +1,33 @@
-"""The Kafka edge: poll record batches, commit offsets, produce records, read lag.
+"""The Kafka edge on kafka-python: poll record batches, commit offsets, produce, lag.
 
-This is the only module that imports a Kafka client. It is kept narrow (plain
-:class:`Record` tuples in, topic/partition/offset dicts out) so that a librdkafka
-based client can replace kafka-python behind the same methods.
+Implements :class:`~.base.Transport`; every kafka-python error leaves this module as a
+:class:`~.base.TransportError`. :func:`client_settings` maps the ``kafka`` section of
+the configuration (connection, SASL, SSL) onto kafka-python's settings, and
+:func:`read_to_end` reads partitions to their high watermark (changelog restore,
+alert read-back, ``streamrnn train``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Any
 
-import numpy as np
-
+import orjson
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from .config import KafkaConfig
+from ...config import KafkaConfig
+from .base import Batch, Delivery, OnAssign, Partition, Record, TransportError
 
-__all__ = ["Record", "Batch", "KafkaTransport", "KafkaError", "Partition", "client_settings", "read_to_end"]
+__all__ = ["KafkaPythonTransport", "client_settings", "read_to_end"]
 
 log = logging.getLogger(__name__)
-
-Partition = tuple[str, int]
-
-
-class Record(Protocol):
-    """One consumed message (kafka-python's ConsumerRecord has these attributes)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
-@dataclass
-class Batch:
-    """One poll: the records, and per partition the slice of them it contributed.
-
-    Records of one partition are contiguous and in offset order, so per-partition
-    facts (message counts, the next offset to commit, which partition owns a reading)
-    come from the spans instead of a Python pass over every record.
-    """
-
-    records: list[Record]
-    spans: list[tuple[Partition, int, int]]  # (partition, start, end) into records
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def next_offsets(self) -> dict[Partition, int]:
-        """The offset after the last record of each partition."""
-        return {tp: self.records[end - 1].offset + 1 for tp, _, end in self.spans}
-
-    def partition_index(self, index_of: dict[Partition, int]) -> np.ndarray:
-        """For every record, ``index_of`` its partition (-1 when absent)."""
-        codes = np.array([index_of.get(tp, -1) for tp, _, _ in self.spans], dtype=np.int32)
-        return np.repeat(codes, [end - start for _, start, end in self.spans])
 
 
 def client_settings(cfg: KafkaConfig) -> dict[str, object]:
@@ -85,16 +52,14 @@ def client_settings(cfg: KafkaConfig) -> dict[str, object]:
     return s
 
 
-def read_to_end(cfg: KafkaConfig, start: dict[TopicPartition, int | None], timeout: float = 120.0,
-                **consumer_settings: object) -> Iterator:
+def read_to_end(cfg: KafkaConfig, start: Mapping[TopicPartition, int | None], timeout: float = 120.0,
+                **consumer_settings: Any) -> Iterator[ConsumerRecord]:
     """Records of these partitions from ``start`` (None: the beginning) to their current end.
 
     The end is the high watermark that fetch responses carry, not ListOffsets (which
     some Kafka-compatible brokers answer wrongly). Raises ``KafkaTimeoutError`` when the
     end is not reached within ``timeout`` seconds.
     """
-    from kafka.errors import KafkaTimeoutError
-
     if not start:
         return
     c = KafkaConsumer(group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50,
@@ -121,8 +86,8 @@ def read_to_end(cfg: KafkaConfig, start: dict[TopicPartition, int | None], timeo
 
 @dataclass
 class _Listener(ConsumerRebalanceListener):
-    on_assign: Callable[[list[Partition]], None]
-    on_revoke: Callable[[list[Partition]], None]
+    on_assign: OnAssign
+    on_revoke: OnAssign
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         try:
@@ -137,15 +102,20 @@ class _Listener(ConsumerRebalanceListener):
             log.exception("partition assignment handler failed")
 
 
-class KafkaTransport:
-    """A group consumer over the configured topics plus one producer.
+class KafkaPythonTransport:
+    """A kafka-python group consumer over the configured topics plus one producer.
 
-    Construction connects; it raises :class:`KafkaError` when the broker cannot be
+    Construction connects; it raises :class:`TransportError` when the broker cannot be
     reached, and the caller retries with backoff.
     """
 
-    def __init__(self, cfg: KafkaConfig, on_assign: Callable[[list[Partition]], None],
-                 on_revoke: Callable[[list[Partition]], None]) -> None:
+    def __init__(self, cfg: KafkaConfig, *, on_assign: OnAssign, on_revoke: OnAssign) -> None:
+        try:
+            self._connect(cfg, on_assign, on_revoke)
+        except KafkaError as e:
+            raise TransportError(f"cannot connect: {e}") from e
+
+    def _connect(self, cfg: KafkaConfig, on_assign: OnAssign, on_revoke: OnAssign) -> None:
         self.cfg = cfg
         common = client_settings(cfg)
         self.consumer = KafkaConsumer(
@@ -174,7 +144,10 @@ class KafkaTransport:
 
     def poll(self, timeout_ms: int) -> Batch:
         """One batch of records across the assigned partitions (may be empty)."""
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.max_poll_records)
+        try:
+            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.max_poll_records)
+        except KafkaError as e:
+            raise TransportError(f"poll failed: {e}") from e
         records: list[Record] = []
         spans: list[tuple[Partition, int, int]] = []
         for tp, recs in polled.items():
@@ -186,16 +159,27 @@ class KafkaTransport:
     def commit(self, offsets: dict[Partition, int]) -> None:
         """Commit ``next offset to read`` per partition, synchronously."""
         if offsets:
-            self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+            try:
+                self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+            except KafkaError as e:
+                raise TransportError(f"commit failed: {e}") from e
 
-    def produce(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None,
-                on_error: Callable[[Exception], None] | None = None, on_success: Callable[[object], None] | None = None) -> None:
-        """Queue a record; delivery failures go to ``on_error``, record metadata to ``on_success``."""
-        fut = self.producer.send(topic, key=key, value=value, headers=headers or None)
+    def produce(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None, *,
+                on_error: Callable[[Exception], None] | None = None,
+                on_success: Callable[[Delivery], None] | None = None) -> None:
+        """Queue a record; delivery failures go to ``on_error``, where it landed to ``on_success``."""
+        try:
+            fut = self.producer.send(topic, key=key, value=value, headers=headers or None)
+        except KafkaError as e:
+            if on_error is None:
+                raise TransportError(f"produce failed: {e}") from e
+            on_error(e)
+            return
         if on_error is not None:
             fut.add_errback(on_error)
         if on_success is not None:
-            fut.add_callback(on_success)
+            done = on_success
+            fut.add_callback(lambda md: done(Delivery(md.topic, md.partition, md.offset)))
 
     def partition_count(self, topic: str) -> int:
         """Partitions of a topic (1 if unknown)."""
@@ -204,20 +188,24 @@ class KafkaTransport:
 
     def read_alert_keys(self, topic: str, from_offsets: dict[int, int], timeout: float = 30.0) -> set[tuple[str, float, str]]:
         """``(sensor_id, ts, event)`` of the alerts published from these offsets to the end."""
-        import orjson
-
         keys: set[tuple[str, float, str]] = set()
-        for r in read_to_end(self.cfg, {TopicPartition(topic, p): o for p, o in from_offsets.items()}, timeout):
-            try:
-                a = orjson.loads(r.value)
-                keys.add((a["sensor_id"], float(a["ts"]), a["event"]))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue
+        try:
+            for r in read_to_end(self.cfg, {TopicPartition(topic, p): o for p, o in from_offsets.items()}, timeout):
+                try:
+                    a = orjson.loads(r.value)
+                    keys.add((a["sensor_id"], float(a["ts"]), a["event"]))
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    continue
+        except KafkaError as e:
+            raise TransportError(f"reading back {topic} failed: {e}") from e
         return keys
 
     def flush(self, timeout_s: float) -> None:
-        """Wait until every queued record is acknowledged (raises KafkaError on timeout)."""
-        self.producer.flush(timeout=timeout_s)
+        """Wait until every queued record is acknowledged (TransportError on timeout)."""
+        try:
+            self.producer.flush(timeout=timeout_s)
+        except KafkaError as e:
+            raise TransportError(f"flush failed: {e}") from e
 
     def lag(self) -> dict[Partition, int]:
         """Messages behind the high watermark per assigned partition, where known.

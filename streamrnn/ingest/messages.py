@@ -8,16 +8,32 @@ works on a whole poll batch and returns columns ready for the vectorised core.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from enum import Enum
+from typing import Any, Literal
 
 import orjson
+from pydantic import Field
+from pydantic.dataclasses import dataclass as parameters
 
-__all__ = ["Reason", "Rejection", "DecodedBatch", "MessageDecoder", "parse_timestamp"]
+from ..core.parameters import PARAMS
+from .timestamps import parse_timestamp
+
+__all__ = ["DecodedBatch", "MessageDecoder", "MessageParams", "Reason", "Rejection"]
 
 
-class Reason:
+@parameters(frozen=True, kw_only=True, config=PARAMS)
+class MessageParams:
+    """How to read a reading out of each JSON message."""
+
+    sensor_field: str = Field(default="sensor_id", min_length=1, description="JSON field holding the sensor id.")
+    time_field: str = Field(default="ts", min_length=1, description="JSON field holding the timestamp: epoch s, epoch ms or ISO-8601.")
+    value_field: str = Field(default="value", min_length=1, description="JSON field holding the numeric value.")
+    out_of_order: Literal["drop", "dead_letter"] = Field(default="drop", description="What to do with a reading at or before its sensor's last timestamp (replays after a crash are expected, so the default counts and drops them).")
+
+
+class Reason(str, Enum):
     """Why a message was rejected; used as the ``reason`` label and dead-letter header."""
 
     NOT_JSON = "not_json"
@@ -34,7 +50,7 @@ class Rejection:
     """One rejected message: its position in the batch, the reason and a human detail."""
 
     index: int
-    reason: str
+    reason: Reason
     detail: str
 
 
@@ -53,50 +69,6 @@ class DecodedBatch:
     rejections: list[Rejection] = field(default_factory=list)
 
 
-# Epoch values above this are milliseconds: 1e11 s is the year 5138, 1e11 ms is 1973.
-_MS_CUTOFF = 1e11
-
-
-def _epoch_number(x: float) -> float:
-    if not math.isfinite(x) or x < 0:
-        raise ValueError(f"timestamp {x!r} out of range")
-    return x / 1000.0 if x >= _MS_CUTOFF else x
-
-
-def parse_timestamp(raw: Any) -> float:
-    """Epoch seconds (UTC) from epoch seconds, epoch milliseconds or ISO-8601.
-
-    Numeric strings count as numbers. ISO-8601 without an offset is taken as UTC.
-    Raises ``ValueError`` when the value is none of these.
-    """
-    if isinstance(raw, bool):
-        raise ValueError("boolean is not a timestamp")
-    if isinstance(raw, (int, float)):
-        return _epoch_number(float(raw))
-    if isinstance(raw, str):
-        s = raw.strip()
-        try:
-            return _epoch_number(float(s))
-        except ValueError:
-            pass
-        try:
-            dt = datetime.fromisoformat(s)
-        except ValueError:
-            raise ValueError(f"cannot parse timestamp {raw!r}") from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
-        return dt.timestamp()
-    raise ValueError(f"timestamp of type {type(raw).__name__}")
-
-
-def epoch_or_nan(raw: Any) -> float:
-    """:func:`parse_timestamp`, or NaN for a value that is not a timestamp (file readers)."""
-    try:
-        return parse_timestamp(raw)
-    except (TypeError, ValueError, OverflowError):
-        return float("nan")
-
-
 def _parse_value(raw: Any) -> float:
     if isinstance(raw, bool):
         raise TypeError("boolean")
@@ -110,10 +82,11 @@ def _parse_value(raw: Any) -> float:
 class MessageDecoder:
     """Decodes JSON message values into reading columns, rejecting what is malformed."""
 
-    def __init__(self, sensor_field: str = "sensor_id", time_field: str = "ts", value_field: str = "value") -> None:
-        self.sensor_field = sensor_field
-        self.time_field = time_field
-        self.value_field = value_field
+    def __init__(self, params: MessageParams | None = None) -> None:
+        self.params = params = params or MessageParams()
+        self.sensor_field = params.sensor_field
+        self.time_field = params.time_field
+        self.value_field = params.value_field
 
     def decode(self, payloads: Iterable[bytes | None]) -> DecodedBatch:
         """Decode a batch of message values; never raises for bad input."""

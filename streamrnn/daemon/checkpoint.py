@@ -1,0 +1,218 @@
+"""The durability rule, in one place: acknowledged records, then saved state, then commits.
+
+At every checkpoint the :class:`CheckpointCoordinator`
+
+1. flushes the producer, so every alert and dead letter produced so far is
+   acknowledged by the broker (or the checkpoint is postponed),
+2. saves the state of each partition that received readings, with the offset it
+   reflects and how far the alerts topic had been written,
+3. and only then commits those offsets.
+
+A crash at any point therefore replays readings into a state that has not seen them
+(or drops them as already seen). It also owns the rest of a partition's life on this
+worker: on assignment its saved state is restored before any of its readings is
+scored, and the alerts published after that save are read back so that a replay does
+not publish them twice; on revocation its state is saved and forgotten.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from enum import Enum
+
+import numpy as np
+
+from ..core import AlertEvent, Detector
+from ..core.state import CapacityError
+from .metrics import WorkerMetrics
+from .stores.base import CheckpointError, PartitionState, StateStore
+from .transport.base import Partition, Transport, TransportError
+
+__all__ = ["CheckpointCoordinator", "CheckpointOutcome"]
+
+log = logging.getLogger(__name__)
+
+_FLUSH_TIMEOUT_S = 10.0
+
+
+class CheckpointOutcome(str, Enum):
+    """How a checkpoint ended."""
+
+    SAVED = "saved"
+    NOTHING_NEW = "nothing_new"
+    FLUSH_FAILED = "flush_failed"  # records not acknowledged: the broker is unreachable or refusing
+    SAVE_FAILED = "save_failed"  # the store could not write
+
+    def __bool__(self) -> bool:
+        return self in (CheckpointOutcome.SAVED, CheckpointOutcome.NOTHING_NEW)
+
+
+class CheckpointCoordinator:
+    """Saves, commits, restores and forgets partition state for one worker."""
+
+    def __init__(self, *, detector: Detector, store: StateStore, transport: Transport, alerts_topic: str,
+                 alerts_position: Callable[[], dict[int, int]], interval_seconds: float, metrics: WorkerMetrics) -> None:
+        """``alerts_position`` says how far each alerts-topic partition is acknowledged (saved with the state)."""
+        self.detector = detector
+        self.store = store
+        self.transport = transport
+        self.alerts_topic = alerts_topic
+        self.alerts_position = alerts_position
+        self.interval_seconds = interval_seconds
+        self.metrics = metrics
+        self._part_ids: dict[Partition, int] = {}
+        self._pending: dict[Partition, int] = {}
+        self._saved_tick = 0
+        self._last = time.monotonic()
+        self._replayed: set[tuple[str, float, str]] = set()
+
+    # -- which partition owns a sensor ------------------------------------------------
+    def owner(self, tp: Partition) -> int:
+        """The small integer that marks a partition's sensors in the state bank."""
+        idx = self._part_ids.get(tp)
+        if idx is None:
+            idx = self._part_ids[tp] = len(self._part_ids)
+        return idx
+
+    def _owned(self, partitions: list[Partition]) -> dict[Partition, tuple[list[str], np.ndarray]]:
+        """The ids and slots of the sensors each partition owns (one pass over the bank)."""
+        bank = self.detector.bank
+        ids, slots = bank.held()
+        ids_arr = np.array(ids, dtype=object)
+        owner = bank.arrays["owner"][slots]
+        out = {}
+        for tp in partitions:
+            mask = owner == self.owner(tp)
+            out[tp] = ids_arr[mask].tolist(), slots[mask]
+        return out
+
+    # -- offsets waiting for a checkpoint ----------------------------------------------
+    def track(self, next_offsets: dict[Partition, int]) -> None:
+        """Remember a scored batch's offsets: they are committed at the next checkpoint."""
+        self._pending.update(next_offsets)
+
+    @property
+    def pending(self) -> dict[Partition, int]:
+        """Offsets scored but not committed yet, per partition."""
+        return dict(self._pending)
+
+    def due(self) -> bool:
+        """Whether a checkpoint is due: offsets wait and the interval has passed."""
+        return bool(self._pending) and time.monotonic() - self._last >= self.interval_seconds
+
+    # -- the rule -----------------------------------------------------------------------
+    def checkpoint(self, partitions: list[Partition] | None = None, *, commit: bool = True) -> CheckpointOutcome:
+        """Flush, save the state of the partitions with new readings (default all), then
+        commit their offsets (unless ``commit`` is False). Truthy when nothing is left unsaved."""
+        todo = {tp: off for tp, off in self._pending.items() if partitions is None or tp in partitions}
+        if not todo:
+            return CheckpointOutcome.NOTHING_NEW
+        try:
+            self.transport.flush(_FLUSH_TIMEOUT_S)
+        except TransportError as e:
+            # Alerts not acknowledged yet: keep the old state so a crash replays them.
+            log.warning("producer flush failed, checkpoint postponed: %s", e)
+            return CheckpointOutcome.FLUSH_FAILED
+        t0 = time.perf_counter()
+        bank = self.detector.bank
+        meta = {"model_version": self.detector.model_version,
+                "alerts_next": {str(p): o for p, o in self.alerts_position().items()}}
+        states = {}
+        for tp, (ids, slots) in self._owned(list(todo)).items():
+            if self.store.incremental:
+                touched = bank.touched_since(self._saved_tick, slots)
+                ids, slots = [i for i, t in zip(ids, touched.tolist(), strict=True) if t], slots[touched]
+            states[tp] = PartitionState(ids, bank.pack(slots), todo[tp], meta)
+        try:
+            size = self.store.save(states)
+        except (OSError, TransportError) as e:
+            log.error("saving state failed, offsets not committed: %s", e)
+            return CheckpointOutcome.SAVE_FAILED
+        if partitions is None:
+            self._saved_tick = bank.tick
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+        self.metrics.checkpoint_bytes.set(size)
+        self.metrics.last_checkpoint.set(time.time())
+        self._last = time.monotonic()
+        if commit and not self._commit(todo):
+            return CheckpointOutcome.SAVED  # the offsets stay pending: the next checkpoint commits them
+        for tp, off in todo.items():
+            if self._pending.get(tp) == off:
+                del self._pending[tp]
+        return CheckpointOutcome.SAVED
+
+    def _commit(self, offsets: dict[Partition, int]) -> bool:
+        try:
+            self.transport.commit(offsets)
+        except TransportError as e:
+            # The saved state is ahead of the committed offsets: the readings in between
+            # are replayed and recognised as already seen, so nothing is scored twice.
+            self.metrics.offset_commits.labels(result="failed").inc()
+            log.warning("offset commit failed (will retry at the next checkpoint): %s", e)
+            return False
+        self.metrics.offset_commits.labels(result="ok").inc()
+        return True
+
+    # -- partitions arriving and leaving -------------------------------------------------
+    def assigned(self, partitions: list[Partition]) -> None:
+        """Load the saved state of newly assigned partitions before any of their readings."""
+        t0 = time.perf_counter()
+        try:
+            states = self.store.load(partitions)
+        except (CheckpointError, OSError, TransportError) as e:
+            log.error("state of %s unusable, those sensors start fresh: %s", partitions, e)
+            return
+        bank = self.detector.bank
+        restored = 0
+        models = set()
+        alerts_from: dict[int, int] = {}
+        for tp, st in states.items():
+            try:
+                slots = bank.unpack(st.ids, st.rows)
+            except CapacityError as e:
+                log.error("state of %s/%d does not fit the bank (%s): its sensors start fresh", tp[0], tp[1], e)
+                continue
+            bank.arrays["owner"][slots] = self.owner(tp)
+            restored += len(slots)
+            models.add(st.meta.get("model_version"))
+            for p, off in st.meta.get("alerts_next", {}).items():
+                alerts_from[int(p)] = min(off, alerts_from.get(int(p), off))
+            # Consumption resumes from the committed offset, which is never ahead of
+            # the saved state; readings the state has already seen are dropped as stale.
+        self.metrics.active_sensors.set(self.detector.active_sensors)
+        if states:
+            log.info("restored %d sensors of %d partitions in %.2fs", restored, len(states), time.perf_counter() - t0)
+            self.metrics.restore_seconds.observe(time.perf_counter() - t0)
+        if models - {self.detector.model_version, None}:
+            # Hidden states belong to the model that made them: re-warm for this one.
+            warmed = self.detector.swap_model(self.detector.model, self.detector.model_version)
+            log.info("state was made by model(s) %s: re-warmed %d sensors for %s", sorted(m for m in models if m), warmed,
+                     self.detector.model_version)
+        if alerts_from:
+            try:
+                self._replayed |= self.transport.read_alert_keys(self.alerts_topic, alerts_from)
+            except TransportError as e:
+                log.warning("could not read back recent alerts (%s): a replay may publish some twice", e)
+
+    def revoked(self, partitions: list[Partition]) -> None:
+        """Save the leaving partitions' state (no commit) and forget their sensors."""
+        # kafka-python runs this on its I/O thread, where a blocking commit is refused
+        # (and the group is rebalancing anyway): save the state only. The next owner
+        # restores it and drops the replayed readings it already reflects.
+        self.checkpoint(partitions, commit=False)
+        for tp, (ids, _) in self._owned(partitions).items():
+            self._pending.pop(tp, None)
+            self.detector.bank.remove(ids)  # its state now belongs to whoever gets the partition
+        self.metrics.active_sensors.set(self.detector.active_sensors)
+
+    # -- replays --------------------------------------------------------------------------
+    def replayed(self, ev: AlertEvent) -> bool:
+        """True (once) for an event published before a crash and recomputed from the replay."""
+        key = (ev.sensor_id, ev.ts, ev.event.value)
+        if key in self._replayed:
+            self._replayed.discard(key)
+            self.metrics.alerts_deduplicated.inc()
+            return True
+        return False

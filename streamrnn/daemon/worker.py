@@ -1,0 +1,241 @@
+"""The Kafka worker: poll, decode, score, publish, checkpoint, commit; until asked to stop.
+
+The pieces live beside this module: :mod:`.connection` (reaching the broker),
+:mod:`.publisher` (alerts and dead letters out), :mod:`.checkpoint` (the durability
+rule, restore and revoke), :mod:`streamrnn.lifecycle.serving` (model swaps and
+retraining). This module wires them and runs the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..core import Detector
+from ..ingest.messages import MessageDecoder, Reason
+from ..lifecycle.registry import ModelRegistry
+from ..lifecycle.retraining import Retrainer
+from ..lifecycle.serving import ModelService, serving_detector
+from .checkpoint import CheckpointCoordinator, CheckpointOutcome
+from .connection import BrokerLink
+from .http import MetricsServer
+from .metrics import WorkerMetrics
+from .publisher import Publisher
+from .sinks import AlertSink, build_sinks
+from .stores.base import StateStore
+from .stores.changelog import ChangelogStateStore
+from .stores.local import LocalStateStore
+from .transport.base import Batch, Partition, Transport
+from .transport.kafka_python import KafkaPythonTransport
+
+__all__ = ["Worker"]
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """Runs the detector over the configured Kafka topics until asked to stop."""
+
+    def __init__(self, cfg: Config, detector: Detector | None = None, metrics: WorkerMetrics | None = None) -> None:
+        self.cfg = cfg
+        torch.set_num_threads(cfg.model.threads)
+        registry = ModelRegistry.in_state_dir(cfg.state.dir, keep=cfg.training.registry_keep)
+        self.detector = detector or serving_detector(registry, cfg.model.path, scoring=cfg.scoring, alerts=cfg.alerts,
+                                                     bank=cfg.state)
+        self.decoder = MessageDecoder(cfg.message)
+        self.metrics = metrics or WorkerMetrics()
+        self._stop = threading.Event()
+        self.link = BrokerLink(cfg.kafka, stop=self._stop, metrics=self.metrics)
+        retrainer = (Retrainer(cfg.training, registry, self.metrics)
+                     if cfg.training.enabled and cfg.state.history_length else None)
+        self.models = ModelService(self.detector, registry, retrainer, poll_seconds=cfg.training.registry_poll_seconds,
+                                   observer=self.metrics)
+        self.transport: Transport | None = None
+        self.store: StateStore | None = None
+        self.checkpoints: CheckpointCoordinator | None = None
+        self.publisher: Publisher | None = None
+        self.server: MetricsServer | None = None
+        self.sinks: list[AlertSink] = []
+        self._assigned: set[Partition] = set()
+        self._lag_labels: set[Partition] = set()
+        self._evicted_seen = 0
+        self._scored_total = 0
+        self._last_top = 0.0
+
+    # -- lifecycle --------------------------------------------------------------
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        """Finish the current batch, checkpoint, commit and return from :meth:`run`."""
+        if signum is not None:
+            log.info("signal %s received: finishing the batch and stopping", signal.Signals(signum).name)
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop the worker cleanly."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self) -> int:
+        """Serve until stopped; returns the process exit code (0 on a clean stop)."""
+        self.sinks = build_sinks(self.cfg.alerts.sinks, self.metrics, self.cfg.alerts.severity_bands)
+        if self.cfg.metrics.enabled:
+            self.server = MetricsServer(self.metrics, self.readiness, host=self.cfg.metrics.host, port=self.cfg.metrics.port).start()
+            log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.host, self.server.port)
+        try:
+            if not self._connect():
+                return 0  # stopped while the broker was still unreachable
+            log.info("consuming %s as group %s", ",".join(self.cfg.kafka.topics), self.cfg.kafka.group_id)
+            assert self.transport is not None and self.checkpoints is not None
+            while not self._stop.is_set():
+                batch = self.link.poll(self.transport)
+                if batch is None:
+                    break
+                if len(batch):
+                    self.handle_batch(batch)
+                self._observe()
+                self.models.tick(self._scored_total)
+                if self.checkpoints.due():
+                    self._checkpoint()
+            self._checkpoint()
+            return 0
+        finally:
+            self._close()
+
+    def _connect(self) -> bool:
+        """Connect the transport and open the state store (the changelog needs the broker)."""
+        def factory() -> Transport:
+            transport = KafkaPythonTransport(self.cfg.kafka, on_assign=self._on_assign, on_revoke=self._on_revoke)
+            if self.store is None:
+                try:
+                    self.store = self._open_store(transport)
+                except Exception:
+                    transport.close()
+                    raise
+            return transport
+
+        transport = self.link.connect(factory)
+        if transport is None:
+            return False
+        self.transport = transport
+        self.publisher = Publisher(transport, alerts_topic=self.cfg.kafka.alerts_topic,
+                                   dead_letter_topic=self.cfg.kafka.dead_letter_topic, sinks=self.sinks, metrics=self.metrics,
+                                   log_alerts=self.cfg.alerts.log)
+        assert self.store is not None
+        self.checkpoints = CheckpointCoordinator(
+            detector=self.detector, store=self.store, transport=transport, alerts_topic=self.cfg.kafka.alerts_topic,
+            alerts_position=self.publisher.alerts_position, interval_seconds=self.cfg.state.checkpoint_interval_seconds,
+            metrics=self.metrics)
+        return True
+
+    def _checkpoint(self) -> CheckpointOutcome:
+        assert self.checkpoints is not None
+        outcome = self.checkpoints.checkpoint()
+        if outcome is CheckpointOutcome.FLUSH_FAILED:
+            self.link.report(False)
+        return outcome
+
+    def _open_store(self, transport: Transport) -> StateStore:
+        st = self.cfg.state
+        if st.backend == "local":
+            return LocalStateStore(st.dir)
+        parts = st.changelog_partitions or max(transport.partition_count(t) for t in self.cfg.kafka.topics)
+        topic = st.changelog_topic or f"{self.cfg.kafka.group_id}-state-changelog"
+        return ChangelogStateStore(self.cfg.kafka, topic=topic, row_dtype=self.detector.bank.row_dtype, partitions=parts)
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            try:
+                self.transport.close()
+            except Exception as e:  # closing must not turn a clean stop into a crash
+                log.warning("closing Kafka clients: %s", e)
+        self.models.close()
+        if self.store is not None:
+            self.store.close()
+        for sink in self.sinks:
+            sink.close()
+        if self.server is not None:
+            self.server.stop()
+        log.info("stopped")
+
+    # -- the batch ----------------------------------------------------------------
+    def handle_batch(self, batch: Batch) -> None:
+        """Decode, score and alert one poll batch; its offsets wait for the next checkpoint."""
+        assert self.publisher is not None and self.checkpoints is not None
+        t0 = time.perf_counter()
+        records = batch.records
+        for (topic, _), start, end in batch.spans:
+            self.metrics.messages_consumed.labels(topic=topic).inc(end - start)
+        decoded = self.decoder.decode([r.value for r in records])
+        for rej in decoded.rejections:
+            self.publisher.dead_letter(records[rej.index], rej.reason, rej.detail)
+
+        owner = batch.partition_index({tp: self.checkpoints.owner(tp) for tp in self._assigned})
+        res = self.detector.process(decoded.sensor_ids, decoded.ts, decoded.values, owner[decoded.index])
+        stale = np.flatnonzero(~res.accepted)
+        if len(stale):
+            if self.cfg.message.out_of_order == "dead_letter":
+                for i in stale.tolist():
+                    self.publisher.dead_letter(records[decoded.index[i]], Reason.OUT_OF_ORDER,
+                                               "timestamp at or before the sensor's last reading")
+            else:
+                self.metrics.readings_dropped.labels(reason=Reason.OUT_OF_ORDER.value).inc(len(stale))
+        for ev, i in zip(res.events, res.event_index, strict=True):
+            if not self.checkpoints.replayed(ev):
+                self.publisher.alert(ev, records[decoded.index[i]].partition)
+        self.checkpoints.track(batch.next_offsets())
+
+        m = self.metrics
+        m.readings_scored.inc(res.n_scored)
+        self._scored_total += res.n_scored
+        m.batch_seconds.observe(time.perf_counter() - t0)
+        m.batch_size.observe(len(records))
+        m.active_sensors.set(self.detector.active_sensors)
+        evicted = self.detector.bank.evicted_total
+        if evicted > self._evicted_seen:
+            m.sensors_evicted.inc(evicted - self._evicted_seen)
+            self._evicted_seen = evicted
+
+    # -- rebalances -----------------------------------------------------------------
+    def _on_assign(self, partitions: list[Partition]) -> None:
+        log.info("partitions assigned: %s", partitions)
+        new = [tp for tp in partitions if tp not in self._assigned]
+        self._assigned = set(partitions)
+        self.metrics.assigned_partitions.set(len(partitions))
+        for tp in self._lag_labels - set(partitions):
+            self.metrics.consumer_lag.remove(tp[0], str(tp[1]))
+        self._lag_labels &= set(partitions)
+        if new:
+            # rebalances happen inside poll, which starts once the coordinator exists
+            assert self.checkpoints is not None
+            self.checkpoints.assigned(new)
+
+    def _on_revoke(self, partitions: list[Partition]) -> None:
+        log.info("partitions revoked: %s", partitions)
+        assert self.checkpoints is not None
+        self.checkpoints.revoked(partitions)
+        self._assigned -= set(partitions)
+
+    # -- observation ------------------------------------------------------------------
+    def _observe(self) -> None:
+        assert self.transport is not None
+        m = self.cfg.metrics
+        if m.top_sensors and time.monotonic() - self._last_top >= m.top_sensors_interval_seconds:
+            self.metrics.set_top_sensors(self.detector.top_sensors(m.top_sensors))
+            self._last_top = time.monotonic()
+        for (topic, part), lag in self.transport.lag().items():
+            self.metrics.consumer_lag.labels(topic=topic, partition=str(part)).set(lag)
+            self._lag_labels.add((topic, part))
+        self.link.report(self.transport.broker_reachable())
+
+    def readiness(self) -> dict[str, bool]:
+        """The checks behind /readyz."""
+        return {
+            "partitions_assigned": bool(self._assigned),
+            "broker_reachable": self.link.up,
+        }
