@@ -1,0 +1,189 @@
+"""The checkpoint coordinator's durability rule, with in-memory stand-ins for Kafka and the store.
+
+The fakes record what the coordinator asked of them and can be told to fail; the
+coordinator, the detector and its state bank under them are the real ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamrnn.core import AlertEvent, Detector, Transition
+from streamrnn.daemon.checkpoint import CheckpointCoordinator, CheckpointOutcome
+from streamrnn.daemon.metrics import WorkerMetrics
+from streamrnn.daemon.stores.base import PartitionState
+from streamrnn.daemon.transport.base import Partition, TransportError
+from streamrnn.lifecycle.artifacts import default_model_path, load_model
+
+A, B = ("sensors", 0), ("sensors", 1)
+
+
+class FakeTransport:
+    """The three things the coordinator needs from Kafka: flush, commit, read alerts back."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+        self.committed: dict[Partition, int] = {}
+        self.fail_flush = self.fail_commit = False
+        self.alert_keys: set[tuple[str, float, str]] = set()
+        self.read_back_from: dict[int, int] | None = None
+
+    def flush(self, timeout_s: float) -> None:
+        self.calls.append("flush")
+        if self.fail_flush:
+            raise TransportError("broker unreachable")
+
+    def commit(self, offsets: dict[Partition, int]) -> None:
+        self.calls.append("commit")
+        if self.fail_commit:
+            raise TransportError("commit refused")
+        self.committed.update(offsets)
+
+    def read_alert_keys(self, topic: str, from_offsets: dict[int, int], timeout: float = 30.0) -> set[tuple[str, float, str]]:
+        self.read_back_from = dict(from_offsets)
+        return set(self.alert_keys)
+
+
+class MemoryStore:
+    """Partition states kept in a dict, as a durable store would keep them."""
+
+    def __init__(self, calls: list[str], incremental: bool = False) -> None:
+        self.calls = calls
+        self.incremental = incremental
+        self.saved: dict[Partition, PartitionState] = {}
+        self.saves: list[dict[Partition, PartitionState]] = []
+        self.fail = False
+
+    def save(self, states: dict[Partition, PartitionState]) -> int:
+        self.calls.append("save")
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        self.saves.append(states)
+        for tp, st in states.items():
+            old = self.saved.get(tp)
+            if self.incremental and old is not None:  # merge rows by sensor, as a changelog compacts
+                rows = {sid: r for sid, r in zip(old.ids, old.rows, strict=True)}
+                rows.update({sid: r for sid, r in zip(st.ids, st.rows, strict=True)})
+                st = PartitionState(list(rows), np.array(list(rows.values()), dtype=st.rows.dtype), st.offset, st.meta)
+            self.saved[tp] = st
+        return sum(s.rows.nbytes for s in states.values())
+
+    def load(self, partitions: list[Partition]) -> dict[Partition, PartitionState]:
+        return {tp: self.saved[tp] for tp in partitions if tp in self.saved}
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(default_model_path())
+
+
+def setup(model, incremental: bool = False, position: dict[int, int] | None = None):
+    calls: list[str] = []
+    det = Detector(model.model, version=model.version)
+    transport, store = FakeTransport(calls), MemoryStore(calls, incremental)
+    coord = CheckpointCoordinator(detector=det, store=store, transport=transport, alerts_topic="alerts",
+                                  alerts_position=lambda: dict(position or {}), interval_seconds=0.0, metrics=WorkerMetrics())
+    return det, transport, store, coord, calls
+
+
+def feed(det: Detector, coord: CheckpointCoordinator, tp: Partition, sensors: list[str], t0: int, n: int) -> None:
+    ids = [s for _ in range(n) for s in sensors]
+    ts = np.repeat(np.arange(t0, t0 + n, dtype=float) * 60, len(sensors))
+    det.process(ids, ts, np.sin(ts / 600), np.full(len(ids), coord.owner(tp), dtype=np.int32))
+    coord.track({tp: t0 + n})
+
+
+def test_flush_then_save_then_commit(model) -> None:
+    det, transport, store, coord, calls = setup(model, position={0: 17})
+    feed(det, coord, A, ["a1", "a2"], 0, 20)
+    feed(det, coord, B, ["b1"], 0, 30)
+    assert coord.due()
+    assert coord.checkpoint() is CheckpointOutcome.SAVED
+    assert calls == ["flush", "save", "commit"]
+    assert transport.committed == {A: 20, B: 30} and coord.pending == {} and not coord.due()
+    assert sorted(store.saved[A].ids) == ["a1", "a2"] and store.saved[B].ids == ["b1"]
+    assert store.saved[A].offset == 20 and store.saved[A].meta["alerts_next"] == {"0": 17}
+    assert store.saved[A].rows["count"].tolist() == [20, 20]
+    assert coord.checkpoint() is CheckpointOutcome.NOTHING_NEW and calls == ["flush", "save", "commit"]
+
+
+def test_unacknowledged_records_postpone_the_save_and_the_commit(model) -> None:
+    det, transport, store, coord, calls = setup(model)
+    feed(det, coord, A, ["a1"], 0, 10)
+    transport.fail_flush = True
+    assert coord.checkpoint() is CheckpointOutcome.FLUSH_FAILED
+    assert calls == ["flush"] and store.saved == {} and transport.committed == {}
+    assert coord.pending == {A: 10}  # retried at the next checkpoint
+    transport.fail_flush = False
+    assert coord.checkpoint() is CheckpointOutcome.SAVED and transport.committed == {A: 10}
+
+
+def test_a_failed_save_commits_nothing(model) -> None:
+    det, transport, store, coord, calls = setup(model)
+    feed(det, coord, A, ["a1"], 0, 10)
+    store.fail = True
+    assert coord.checkpoint() is CheckpointOutcome.SAVE_FAILED
+    assert calls == ["flush", "save"] and transport.committed == {} and coord.pending == {A: 10}
+
+
+def test_a_failed_commit_is_retried_at_the_next_checkpoint(model) -> None:
+    det, transport, store, coord, calls = setup(model)
+    feed(det, coord, A, ["a1"], 0, 10)
+    transport.fail_commit = True
+    coord.checkpoint()
+    assert store.saved[A].offset == 10 and transport.committed == {} and coord.pending == {A: 10}
+    transport.fail_commit = False
+    coord.checkpoint()
+    assert transport.committed == {A: 10} and coord.pending == {}
+
+
+def test_an_incremental_store_gets_only_the_sensors_touched_since_the_last_save(model) -> None:
+    det, _, store, coord, _ = setup(model, incremental=True)
+    feed(det, coord, A, ["a1", "a2", "a3"], 0, 10)
+    coord.checkpoint()
+    feed(det, coord, A, ["a2"], 10, 5)
+    coord.checkpoint()
+    assert sorted(store.saves[0][A].ids) == ["a1", "a2", "a3"]
+    assert store.saves[1][A].ids == ["a2"] and store.saves[1][A].offset == 15
+
+
+def test_revoke_saves_without_commit_and_assign_restores_identically(model) -> None:
+    det, transport, store, coord, calls = setup(model)
+    feed(det, coord, A, ["a1", "a2"], 0, 50)
+    feed(det, coord, B, ["b1"], 0, 50)
+    before = {sid: det.bank.row(sid) for sid in ("a1", "a2")}
+    coord.revoked([A])
+    assert calls == ["flush", "save"] and transport.committed == {}  # the next owner resumes from the saved state
+    assert "a1" not in det.bank and "a2" not in det.bank and "b1" in det.bank
+    assert coord.pending == {B: 50}
+
+    det2, transport2, _, coord2, _ = setup(model)
+    coord2.store = store  # another worker, the same durable store
+    coord2.assigned([A])
+    for sid, row in before.items():
+        got = det2.bank.row(sid)
+        for col in ("count", "last_ts", "h", "fc_mean", "norm_mean"):
+            np.testing.assert_array_equal(got[col], row[col])
+        assert got["owner"] == coord2.owner(A)
+
+
+def test_alerts_published_after_the_last_save_are_not_published_again(model) -> None:
+    det, transport, store, coord, _ = setup(model, position={0: 40, 1: 7})
+    feed(det, coord, A, ["a1"], 0, 10)
+    coord.checkpoint()
+    det2, transport2, _, coord2, _ = setup(model)
+    coord2.store = store
+    transport2.alert_keys = {("a1", 660.0, "open")}
+    coord2.assigned([A])
+    assert transport2.read_back_from == {0: 40, 1: 7}  # read from the positions saved with the state
+
+    def event(ts: float, kind: Transition) -> AlertEvent:
+        return AlertEvent("a1", ts, 9.0, 1.0, 8.0, 1.0, 0.35, "v", kind, ts, 1.0)
+
+    assert coord2.replayed(event(660.0, Transition.OPEN))
+    assert not coord2.replayed(event(660.0, Transition.OPEN))  # recognised once only
+    assert not coord2.replayed(event(900.0, Transition.RESOLVED))
