@@ -1,53 +1,76 @@
 """The scorer's pieces on their own: tail estimates, range, time-of-day profile, runs of
-residuals, pattern novelty, onset."""
+residuals, pattern novelty, onset. Each compiled step runs on one sensor's state row."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from streamrnn.core.calibration import TailEstimator, score_from_probability
-from streamrnn.core.evidence import DailyProfile, PatternNovelty, RangeNovelty, SustainedResidual
-from streamrnn.core.scoring import OnsetFilter, ScoringParams
+from streamrnn.core.calibration import PATTERN, PROFILE, RESIDUAL, SUSTAIN, TailKnobs, score_from_probability, tail_step
+from streamrnn.core.evidence import (PATTERN_LENGTH, PATTERN_SPAN, evidence_columns, pattern_step, profile_step, range_step,
+                                     sustain_step)
+from streamrnn.core.halflife import halflife_decay, halflife_weight
+from streamrnn.core.scoring import Scorer, ScoringParams, onset_step
 from streamrnn.core.state import StateBank
 
-ONE = np.zeros(1, dtype=np.int64)
 DEFAULTS = ScoringParams()
+TAIL = Scorer(DEFAULTS).knobs.tail
 
 
-def tail(prefix: str) -> TailEstimator:
-    """A tail estimator with the scorer's default settings."""
-    d = DEFAULTS
-    return TailEstimator(prefix, scale_halflife=d.calibration_halflife, tail_halflife=d.tail_halflife,
-                         prior_weight=d.tail_prior_weight, clip=d.calibration_clip)
+class Sensor:
+    """One sensor's state row with every scorer column, fed as the detector feeds it."""
 
+    def __init__(self, **params: int) -> None:
+        scoring = ScoringParams(**params)
+        bank = StateBank(Scorer(scoring).columns(), max_sensors=1, initial_capacity=1)
+        bank.assign(["s"])
+        self.bank, self.n = bank, 0
+        self.window = np.zeros(PATTERN_LENGTH + scoring.pattern_windows, np.float32)
 
-def bank_for(component) -> dict[str, np.ndarray]:
-    bank = StateBank(component.columns(), max_sensors=1, initial_capacity=1)
-    bank.assign(["s"])
-    return bank.arrays
+    @property
+    def row(self) -> np.void:
+        return self.bank.rows[0]
+
+    def tail(self, k: int, x: float, learn: bool = True) -> float:
+        return tail_step(self.row, k, x, learn, TAIL)
+
+    def scale(self, k: int) -> float:
+        return float(np.sqrt(self.row["tail_scale2"][k]))
+
+    def range(self, value: float, mean: float, halflife: float) -> float:
+        self.n += 1  # the range check is told the readings before this one
+        alpha = halflife_weight(halflife)
+        return range_step(self.row, value, 1.0, mean, self.n - 1, 0.05, alpha, 1.0 / alpha if alpha else math.inf)
+
+    def sustained(self, u: float, learn: bool = True) -> float:
+        self.n += 1
+        return sustain_step(self.row, u, self.n, 6.0, learn, TAIL)
+
+    def pattern(self, value: float, learn: bool = True) -> float:
+        self.n += 1
+        return pattern_step(self.row, value, 1.0, 0.0, self.n, learn, TAIL, self.window)
 
 
 def test_tail_estimator_learns_a_sensor_heavy_tail() -> None:
     rng = np.random.default_rng(0)
-    light, heavy = tail("a"), tail("b")
-    cl, ch = bank_for(light), bank_for(heavy)
+    light, heavy = Sensor(), Sensor()
     for x in np.abs(rng.normal(size=3000)):
-        light.step(cl, ONE, np.array([x]), np.array([True]))
+        light.tail(RESIDUAL, x)
     for x in np.abs(rng.standard_t(2, size=3000)):
-        heavy.step(ch, ONE, np.array([x]), np.array([True]))
+        heavy.tail(RESIDUAL, x)
     # a value of 6 typical scales is far rarer for the Gaussian sensor than for the heavy-tailed one
-    p_light = light.step(cl, ONE, np.array([6.0 * np.sqrt(cl["a_scale2"][0])]), np.array([False]))[0]
-    p_heavy = heavy.step(ch, ONE, np.array([6.0 * np.sqrt(ch["b_scale2"][0])]), np.array([False]))[0]
+    p_light = light.tail(RESIDUAL, 6.0 * light.scale(RESIDUAL), learn=False)
+    p_heavy = heavy.tail(RESIDUAL, 6.0 * heavy.scale(RESIDUAL), learn=False)
     assert p_light < 1e-4 < 1e-3 < p_heavy
 
 
 def test_tail_estimator_calls_a_first_large_value_rare_not_impossible() -> None:
-    est = tail("t")
-    cols = bank_for(est)
+    est = Sensor()
     for x in np.abs(np.random.default_rng(1).normal(size=3000)):
-        est.step(cols, ONE, np.array([x]), np.array([True]))
-    scale = np.sqrt(cols["t_scale2"][0])
-    p = [est.step(cols, ONE, np.array([k * scale]), np.array([False]))[0] for k in (8.0, 12.0, 40.0)]
+        est.tail(PROFILE, x)
+    scale = est.scale(PROFILE)
+    p = [est.tail(PROFILE, k * scale, learn=False) for k in (8.0, 12.0, 40.0)]
     # never seen beyond ~4 scales: the prior's exponential tail decides, so 12 scales is
     # one in billions (not the 1e-300 a Gaussian prior gave) and a larger value still rarer
     assert 1e-12 < p[1] < 1e-6
@@ -55,114 +78,86 @@ def test_tail_estimator_calls_a_first_large_value_rare_not_impossible() -> None:
 
 
 def test_tail_estimator_survives_a_statistic_that_was_always_zero() -> None:
-    est = tail("t")
-    cols = bank_for(est)
+    est = Sensor()
     for _ in range(200):
-        est.step(cols, ONE, np.zeros(1), np.array([True]))
-    p = est.step(cols, ONE, np.array([1e-9]), np.array([True]))
-    assert np.isfinite(p).all() and p[0] == 1.0  # below the scale floor: nothing unusual
-    assert est.step(cols, ONE, np.array([np.nan]), np.array([True]))[0] == 1.0
-
-
-class Feed:
-    """Readings through one evidence component on one sensor, counted as the detector counts them."""
-
-    def __init__(self, component) -> None:
-        self.component, self.cols, self.n = component, bank_for(component), 0
-
-    def range(self, value: float, mean: float) -> float:
-        self.n += 1  # the range check is told the readings before this one
-        return float(self.component.step(self.cols, ONE, np.array([value]), np.ones(1), np.array([mean]), np.array([self.n - 1]))[0])
-
-    def sustained(self, u: float, learn: bool = True) -> float:
-        self.n += 1
-        return float(self.component.step(self.cols, ONE, np.array([u]), np.array([self.n]), np.array([learn]))[0])
-
-    def pattern(self, value: float, learn: bool = True) -> float:
-        self.n += 1
-        return float(self.component.step(self.cols, ONE, np.array([value]), np.ones(1), np.zeros(1), np.array([self.n]),
-                                         np.array([learn]))[0])
+        est.tail(SUSTAIN, 0.0)
+    p = est.tail(SUSTAIN, 1e-9)
+    assert np.isfinite(p) and p == 1.0  # below the scale floor: nothing unusual
+    assert est.tail(SUSTAIN, float("nan")) == 1.0
+    assert est.row["tail_n"][RESIDUAL] == 0 and est.row["tail_n"][SUSTAIN] == 201  # each statistic its own estimate
 
 
 def test_range_novelty_flags_a_new_extreme_by_how_far_it_goes() -> None:
-    feed = Feed(RangeNovelty(tolerance=0.05, halflife=0))
-    cols = feed.cols
+    feed = Sensor()
     gen = np.random.default_rng(1)
     for v in gen.uniform(0, 10, 999):
-        feed.range(v, 5.0)
-    lo, hi = cols["range_lo"][0], cols["range_hi"][0]
-    inside = feed.range(5.0, 5.0)
-    barely = feed.range(hi + 0.01 * (hi - lo), 5.0)
-    hi = cols["range_hi"][0]
-    beyond = feed.range(hi + 3.0, 5.0)
+        feed.range(v, 5.0, halflife=0)
+    lo, hi = feed.row["range_lo"], feed.row["range_hi"]
+    inside = feed.range(5.0, 5.0, halflife=0)
+    barely = feed.range(hi + 0.01 * (hi - lo), 5.0, halflife=0)
+    hi = feed.row["range_hi"]
+    beyond = feed.range(hi + 3.0, 5.0, halflife=0)
     assert inside == 1.0 and barely == 1.0  # within the tolerance of 5% of the width
     # 1001 readings before it: a new extreme is a 2-in-1001 event, and 3 scales beyond it exp(-3) of that
     assert np.isclose(beyond, 2.0 / 1001 * np.exp(-3.0))
 
 
 def test_range_novelty_ignores_a_slow_trend_and_forgets_a_glitch() -> None:
-    trend = Feed(RangeNovelty(tolerance=0.05, halflife=0))
-    ps = [trend.range(0.01 * i + np.sin(i), 0.01 * i) for i in range(2000)]
+    trend = Sensor()
+    ps = [trend.range(0.01 * i + np.sin(i), 0.01 * i, halflife=0) for i in range(2000)]
     assert min(ps[100:]) == 1.0
 
-    feed = Feed(RangeNovelty(tolerance=0.05, halflife=200))
-    cols = feed.cols
+    feed = Sensor()
     for i in range(2000):
-        feed.range(20.0 + np.sin(i), 20.0)
-    feed.range(1e6, 20.0)  # one glitch
+        feed.range(20.0 + np.sin(i), 20.0, halflife=200)
+    feed.range(1e6, 20.0, halflife=200)  # one glitch
     for i in range(2000, 7000):  # 25 half-lives
-        feed.range(20.0 + np.sin(i), 20.0)
-    assert cols["range_hi"][0] < 30.0  # the glitch's extreme relaxed back
-    assert feed.range(60.0, 20.0) < 1e-3
+        feed.range(20.0 + np.sin(i), 20.0, halflife=200)
+    assert feed.row["range_hi"] < 30.0  # the glitch's extreme relaxed back
+    assert feed.range(60.0, 20.0, halflife=200) < 1e-3
 
 
 def test_daily_profile_catches_a_value_normal_for_the_day_but_not_the_hour() -> None:
-    prof = DailyProfile(bins=24, halflife_days=3.0, tail=tail("profile"))
-    cols = bank_for(prof)
+    prof = Sensor(profile_bins=24)
     gen = np.random.default_rng(2)
     hour = 3600.0
 
     def level(t: float) -> float:  # busy from 08:00 to 20:00 UTC, quiet at night
         return 100.0 if 8 <= (t % 86400) / hour < 20 else 10.0
 
+    def step(t: float, v: float, learn: bool) -> float:
+        return profile_step(prof.row, t, v, 40.0, 600.0, learn, 3.0, TAIL)
+
     ts = np.arange(0, 20 * 86400, 600.0)
-    ps = []
-    for t in ts:
-        v = level(t) + gen.normal(0, 2)
-        ps.append(prof.step(cols, ONE, np.array([t]), np.array([v]), np.array([40.0]), np.array([600.0]), np.array([True]))[0])
+    ps = [step(t, level(t) + gen.normal(0, 2), True) for t in ts]
     t = ts[-1] + 600.0 * ((3 * hour - ts[-1] % 86400) % 86400 / 600.0)  # next 03:00
-    night_busy = prof.step(cols, ONE, np.array([t]), np.array([100.0]), np.array([40.0]), np.array([600.0]), np.array([False]))[0]
-    night_quiet = prof.step(cols, ONE, np.array([t + 600]), np.array([11.0]), np.array([40.0]), np.array([600.0]), np.array([False]))[0]
+    night_busy = step(t, 100.0, False)
+    night_quiet = step(t + 600, 11.0, False)
     assert night_busy < 1e-6
     assert night_quiet > 0.05
     assert np.quantile(ps[3 * 144:], 0.999) > 1e-4  # normal days never look that unusual
 
 
 def test_onset_filter_keeps_news_and_drops_repeats() -> None:
-    onset = OnsetFilter(halflife=10, margin=DEFAULTS.onset_margin)
-    cols = bank_for(onset)
+    s = Sensor()
     surprise = [0.1, 0.8, 0.8, 0.7, 0.9, 0.2] + [0.0] * 60 + [0.8]
-    got = [onset.step(cols, ONE, np.array([s]))[0] for s in surprise]
+    got = [onset_step(s.row, x, halflife_decay(10), DEFAULTS.onset_margin) for x in surprise]
     assert got[:6] == [0.1, 0.8, 0.0, 0.0, 0.9, 0.0]
     assert got[-1] == 0.8  # after the peak decayed the same surprise is news again
-    assert OnsetFilter(halflife=0, margin=DEFAULTS.onset_margin).step(cols, ONE, np.array([0.3]))[0] == 0.3
+    assert onset_step(s.row, 0.3, halflife_decay(0), DEFAULTS.onset_margin) == 0.3
 
 
 def test_onset_margin_makes_a_build_up_one_onset() -> None:
     surprise = [0.4, 0.45, 0.48, 0.52, 0.65]
-    slow = OnsetFilter(halflife=1e6, margin=0.1)
-    cols = bank_for(slow)
+    slow = Sensor()
     # the first reading opens the incident; the next one counts only when it is a decade rarer
-    assert [slow.step(cols, ONE, np.array([s]))[0] for s in surprise] == [0.4, 0.0, 0.0, 0.52, 0.65]
-    plain = OnsetFilter(halflife=1e6, margin=0.0)
-    cols = bank_for(plain)
-    assert [plain.step(cols, ONE, np.array([s]))[0] for s in surprise] == surprise
-
-
+    assert [onset_step(slow.row, x, halflife_decay(1e6), 0.1) for x in surprise] == [0.4, 0.0, 0.0, 0.52, 0.65]
+    plain = Sensor()
+    assert [onset_step(plain.row, x, halflife_decay(1e6), 0.0) for x in surprise] == surprise
 
 
 def test_sustained_residual_flags_a_run_that_larger_spikes_do_not_explain() -> None:
-    feed = Feed(SustainedResidual(window=10, clip=6.0, tail=tail("sustain")))
+    feed = Sensor()
     rng = np.random.default_rng(3)
     spike_ps = []
     for i in range(3000):
@@ -177,15 +172,14 @@ def test_sustained_residual_flags_a_run_that_larger_spikes_do_not_explain() -> N
     assert min(spike_ps[3:]) > 1e-3
     assert run[-1] < run[0]
     # a sensor's first reading has no forecast: no window is judged until ten readings have one
-    fresh = Feed(SustainedResidual(window=10, clip=DEFAULTS.calibration_clip, tail=tail("sustain")))
+    fresh = Sensor()
     ps = [fresh.sustained(np.nan if i == 0 else 50.0) for i in range(11)]
     # (then it is judged by the prior alone: a mean of 6 deviations, exp(-6 sqrt 2) = 2e-4)
     assert ps[:10] == [1.0] * 10 and ps[10] < 1e-3
 
 
 def test_pattern_novelty_flags_a_new_shape_within_the_usual_range() -> None:
-    novelty = PatternNovelty(windows=256, tail=tail("pattern"))
-    feed = Feed(novelty)
+    feed = Sensor(pattern_windows=256)
     noise = np.random.default_rng(4).normal(scale=0.05, size=3192)
     for i in range(3000):  # a daily-like cycle of 96 readings
         feed.pattern(float(np.sin(2 * np.pi * i / 96.0) + noise[i]))
@@ -195,17 +189,28 @@ def test_pattern_novelty_flags_a_new_shape_within_the_usual_range() -> None:
     new = [feed.pattern(float(np.sin(2 * np.pi * i / 32.0) + noise[i]), learn=False) for i in range(3096, 3192)]
     assert min(new) < 1e-6
     # memory is bounded: 256 windows of 8 block means per sensor, whatever the history
-    assert feed.cols["pattern_kept"].shape == (1, 256, PatternNovelty.LENGTH)
+    assert feed.bank["pattern_kept"].shape == (1, PATTERN_LENGTH, 256)
+    assert feed.row["tail_n"][PATTERN] > 0
 
 
 def test_pattern_novelty_never_matches_a_window_with_itself() -> None:
-    feed = Feed(PatternNovelty(windows=64, tail=tail("pattern")))
-    ps = [feed.pattern(float(i % 7 == 0)) for i in range(PatternNovelty.SPAN + 40)]
+    feed = Sensor(pattern_windows=64)
+    ps = [feed.pattern(float(i % 7 == 0)) for i in range(PATTERN_SPAN + 40)]
     # until a whole earlier window exists that does not overlap the current one, nothing is judged
     assert ps == [1.0] * len(ps)
+
+
+def test_evidence_that_is_off_costs_no_state() -> None:
+    cols = {c.name: c for c in evidence_columns(profile_bins=0, sustain_window=0, pattern_windows=0)}
+    assert cols["pattern_kept"].shape == (PATTERN_LENGTH, 0) and cols["profile_mean"].shape == (0,)
+    off = StateBank(list(cols.values()), max_sensors=1, initial_capacity=1).row_dtype.itemsize
+    on = StateBank(evidence_columns(profile_bins=48, sustain_window=10, pattern_windows=256), max_sensors=1,
+                   initial_capacity=1).row_dtype.itemsize
+    assert on - off >= 256 * PATTERN_LENGTH * 2
 
 
 def test_scores_map_probabilities_onto_decades() -> None:
     s = score_from_probability(np.array([1.0, 1e-3, 1e-5, 1e-12]))
     assert s.tolist() == [0.0, 0.3, 0.5, 1.0]
     assert not np.signbit(s[0])
+    assert isinstance(TAIL, TailKnobs)

@@ -13,6 +13,7 @@ tunable is a field of a parameter object (:class:`ScoringParams`,
 :class:`AlertParams`, :class:`BankParams`), declared once with its default.
 """
 
+from . import compiled  # noqa: F401, I001  (first: it places the compiled-code cache)
 from .alerts import Alerter, AlertEvent, AlertParams, Transition
 from .detector import Detector, ScoreResult
 from .features import FeatureBuilder

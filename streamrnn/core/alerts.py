@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from enum import Enum
+from typing import NamedTuple
 
 import numpy as np
+from numba import njit
 from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass as parameters
 
 from .parameters import PARAMS
 from .state import Column
 
-__all__ = ["AlertEvent", "AlertParams", "Alerter", "Transition"]
+__all__ = ["AlertEvent", "AlertKnobs", "AlertParams", "Alerter", "Transition", "alert_step"]
 
 
 class Transition(str, Enum):
@@ -73,17 +75,55 @@ class AlertEvent:
         return d
 
 
+class AlertKnobs(NamedTuple):
+    """:class:`AlertParams` as the compiled pass uses them."""
+
+    threshold: float
+    resolve_threshold: float
+    warmup_readings: int
+    open_after: int
+    resolve_after: int
+    cooldown_seconds: float
+
+
+# What an alert step did, per reading.
+NO_EVENT, OPENED, RESOLVED = 0, 1, 2
+
+
+@njit(cache=True)
+def alert_step(r: np.void, t: float, surprise: float, count: int, k: AlertKnobs) -> tuple[bool, int]:
+    """Update one sensor's alert state by one reading; returns ``(is_anomaly, event)``
+    where event is NO_EVENT, OPENED or RESOLVED. ``count`` counts the sensor's
+    readings, this one included."""
+    high = count > k.warmup_readings and surprise >= k.threshold
+    above = r["above_run"] + 1 if high else 0
+    below = r["below_run"] + 1 if surprise < k.resolve_threshold else 0
+    is_open = r["alert_open"]
+    opened = not is_open and above >= k.open_after and t >= r["cooldown_until"]
+    resolved = is_open and below >= k.resolve_after
+    if opened:
+        r["peak_score"] = surprise
+        r["opened_ts"] = t
+    elif is_open:
+        r["peak_score"] = max(r["peak_score"], surprise)
+    else:
+        r["peak_score"] = 0.0
+    r["alert_open"] = (is_open or opened) and not resolved
+    if resolved:
+        r["cooldown_until"] = t + k.cooldown_seconds
+    r["above_run"] = above
+    r["below_run"] = below
+    return high, OPENED if opened else (RESOLVED if resolved else NO_EVENT)
+
+
 class Alerter:
-    """Decides, one wave at a time, which readings open or resolve an alert."""
+    """The alerter's state columns and compiled settings, from :class:`AlertParams`."""
 
     def __init__(self, params: AlertParams) -> None:
         self.params = params
         self.threshold = params.threshold
-        self.resolve_threshold = params.resolve_threshold
-        self.warmup_readings = params.warmup_readings
-        self.open_after = params.open_after
-        self.resolve_after = params.resolve_after
-        self.cooldown_seconds = params.cooldown_seconds
+        self.knobs = AlertKnobs(params.threshold, params.resolve_threshold, params.warmup_readings, params.open_after,
+                                params.resolve_after, params.cooldown_seconds)
 
     @staticmethod
     def columns() -> list[Column]:
@@ -96,27 +136,3 @@ class Alerter:
             Column("opened_ts", "float64", np.nan),
             Column("peak_score", "float64", 0.0),
         ]
-
-    def eligible(self, count_after: np.ndarray) -> np.ndarray:
-        """Readings past the warm-up (``count_after`` counts this reading)."""
-        return count_after > self.warmup_readings
-
-    def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, ts: np.ndarray, score: np.ndarray,
-             count_after: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Update alert state for one wave; returns ``(is_anomaly, opened, resolved)`` masks."""
-        high = self.eligible(count_after) & (score >= self.threshold)
-        low = score < self.resolve_threshold
-        above = np.where(high, cols["above_run"][slots] + 1, 0)
-        below = np.where(low, cols["below_run"][slots] + 1, 0)
-        is_open = cols["alert_open"][slots]
-        opened = ~is_open & (above >= self.open_after) & (ts >= cols["cooldown_until"][slots])
-        resolved = is_open & (below >= self.resolve_after)
-
-        peak = np.where(opened, score, np.where(is_open, np.maximum(cols["peak_score"][slots], score), 0.0))
-        cols["peak_score"][slots] = peak
-        cols["opened_ts"][slots] = np.where(opened, ts, cols["opened_ts"][slots])
-        cols["alert_open"][slots] = (is_open | opened) & ~resolved
-        cols["cooldown_until"][slots] = np.where(resolved, ts + self.cooldown_seconds, cols["cooldown_until"][slots])
-        cols["above_run"][slots] = above
-        cols["below_run"][slots] = below
-        return high, opened, resolved

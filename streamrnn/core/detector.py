@@ -1,10 +1,10 @@
 """The detector: readings in, forecasts, anomaly scores and alert events out.
 
 This is the transport-free core that the Kafka worker and the offline commands wrap.
-A batch is grouped by sensor and ordered by timestamp; its ``k``-th reading of every
-sensor forms wave ``k``. Per-sensor bookkeeping (normaliser, scorer, alerter) runs one
-vectorised numpy step per wave, and the GRU runs once per batch over all sensors'
-(packed) sequences, so there is never a torch call per message.
+A batch is looked up in the state bank (one slot per sensor), ordered by sensor and
+time, and handed to one compiled pass (:func:`~.kernel.score_batch`) that runs every
+step for every reading; Python touches the batch as whole arrays, and each alert
+event, never each reading.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from .alerts import Alerter, AlertEvent, AlertParams, Transition
 from .features import N_FEATURES, FeatureBuilder
-from .forecaster import GRUForecaster
+from .forecaster import GRUForecaster, scratch_for, weights_of
+from .kernel import BatchOutput, rewarm, ring_features, score_batch
 from .scoring import Scorer, ScoringParams
 from .state import BankParams, CapacityError, Column, StateBank
 
@@ -59,11 +59,13 @@ class Detector:
         """Serve ``model`` (named ``version`` in alerts); parameters left out take their defaults."""
         scoring = scoring or ScoringParams()
         bank = bank or BankParams()
-        self.model = model.eval()
-        self.model_version = str(version)
         self.features = FeatureBuilder(normaliser_halflife=scoring.normaliser_halflife)
         self.scorer = Scorer(scoring)
         self.alerter = Alerter(alerts or AlertParams())
+        self._serve(model, version)
+        # The history ring: each sensor's last readings, for re-warming after a model
+        # swap and as training data for scheduled retraining.
+        self.history_length = bank.history_length
         cols = [
             Column("h", "float32", 0.0, (model.state_size,)),
             Column("fc_mean", "float64", np.nan),
@@ -72,16 +74,18 @@ class Detector:
             Column("last_score", "float64", 0.0),
             # which source (e.g. Kafka partition) owns the sensor; set by the caller
             Column("owner", "int32", -1),
+            Column("hist_v", "float32", 0.0, (self.history_length,)),
+            Column("hist_t", "float64", 0.0, (self.history_length,)),
+            Column("hist_n", "int64", 0),
         ]
-        # The history ring: each sensor's last readings, for re-warming after a model
-        # swap and as training data for scheduled retraining.
-        self.history_length = bank.history_length
-        if self.history_length:
-            cols += [Column("hist_v", "float32", 0.0, (self.history_length,)),
-                     Column("hist_t", "float64", 0.0, (self.history_length,)),
-                     Column("hist_n", "int64", 0)]
         cols += self.features.columns() + self.scorer.columns() + self.alerter.columns()
         self.bank = StateBank(cols, max_sensors=bank.max_sensors, initial_capacity=bank.initial_capacity)
+
+    def _serve(self, model: GRUForecaster, version: str) -> None:
+        self.model = model.eval()
+        self.model_version = str(version)
+        self._weights = weights_of(self.model)
+        self._scratch = scratch_for(self._weights)
 
     @property
     def active_sensors(self) -> int:
@@ -89,77 +93,39 @@ class Detector:
         return len(self.bank)
 
     # -- history, re-warm and model swap ------------------------------------------------
-    def history(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The sensors' rings in time order: ``(ts [S, L], values [S, L], valid [S, L])``.
-
-        Rings that are not full yet are left-aligned and padded at the end.
-        """
-        L = self.history_length
-        cols = self.bank.arrays
-        n = cols["hist_n"][slots]
-        filled = np.minimum(n, L)
-        # oldest element: position n % L when full, else 0
-        start = np.where(n >= L, n % L, 0)
-        idx = (start[:, None] + np.arange(L)[None, :]) % L
-        valid = np.arange(L)[None, :] < filled[:, None]
-        ts = np.take_along_axis(cols["hist_t"][slots], idx, axis=1)
-        values = np.take_along_axis(cols["hist_v"][slots], idx, axis=1).astype(np.float64)
-        return ts, values, valid
-
     def ring_features(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """GRU inputs ``[S, L, F]`` from the sensors' rings, the number of real steps, and
         the rings' timestamps ``[S, L]`` (real steps first)."""
-        ts, values, valid = self.history(slots)
-        x = self.features.replay(self.bank.arrays, slots, ts, values, valid)
-        return x, valid.sum(axis=1), ts
+        L = self.history_length
+        x = np.zeros((len(slots), L, N_FEATURES), dtype=np.float32)
+        lengths = np.zeros(len(slots), dtype=np.int64)
+        ts = np.zeros((len(slots), L))
+        ring_features(self.bank.rows, np.asarray(slots, dtype=np.int64), x, lengths, ts)
+        return x, lengths, ts
 
-    def swap_model(self, model: GRUForecaster, version: str, chunk: int = 4096) -> int:
+    def swap_model(self, model: GRUForecaster, version: str) -> int:
         """Serve ``model`` from the next batch on; re-warm every sensor from its ring.
 
         Each sensor's hidden state and pending forecast are recomputed by running its
-        history ring through the new model (batched), so its next reading is scored by
-        a warm state. Returns how many sensors were re-warmed.
+        history ring through the new model, so its next reading is scored by a warm
+        state. Returns how many sensors were re-warmed.
         """
-        self.model = model.eval()
-        self.model_version = str(version)
-        if not self.history_length:
-            self.bank.arrays["h"][:] = 0.0
-            return 0
+        self._serve(model, version)
         _, slots = self.bank.held()
-        cols = self.bank.arrays
-        cols["h"][slots] = 0.0
-        warmed = 0
-        for i in range(0, len(slots), chunk):
-            sl = slots[i:i + chunk]
-            x, lengths, _ = self.ring_features(sl)
-            keep = lengths > 0
-            sl, x, lengths = sl[keep], x[keep], lengths[keep]
-            if len(sl) == 0:
-                continue
-            with torch.inference_mode():
-                mz, logvar, h_n = self.model(torch.from_numpy(x), None, torch.from_numpy(lengths))
-            last = lengths - 1
-            rows = np.arange(len(sl))
-            mean = cols["norm_mean"][sl]
-            std = self.features.std(mean, cols["norm_var"][sl])
-            cols["h"][sl] = h_n.numpy()
-            cols["fc_mean"][sl] = mean + std * mz.numpy()[rows, last]
-            cols["fc_std"][sl] = std * np.exp(0.5 * logvar.numpy()[rows, last].astype(np.float64))
-            cols["fc_scale"][sl] = std
-            warmed += len(sl)
-        return warmed
+        return int(rewarm(self.bank.rows, slots, self._weights, self._scratch))
 
     def top_sensors(self, k: int) -> list[tuple[str, float]]:
         """The ``k`` sensors whose latest reading scored highest, highest first."""
         ids, slots = self.bank.held()
         if not ids or k <= 0:
             return []
-        scores = self.bank.arrays["last_score"][slots]
+        scores = self.bank["last_score"][slots]
         k = min(k, len(ids))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         return [(ids[i], float(scores[i])) for i in top.tolist()]
 
+    # -- scoring ---------------------------------------------------------------------------
     def process(self, sensor_ids: Sequence[str], ts: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray,
                 owner: np.ndarray | None = None) -> ScoreResult:
         """Score a batch of readings (any order, any mix of sensors).
@@ -167,8 +133,8 @@ class Detector:
         ``owner`` (optional, one int per reading) records which source owns each
         sensor, e.g. the Kafka partition, so its state can be saved and moved per owner.
         """
-        ts = np.asarray(ts, dtype=np.float64)
-        values = np.asarray(values, dtype=np.float64)
+        ts = np.ascontiguousarray(ts, dtype=np.float64)
+        values = np.ascontiguousarray(values, dtype=np.float64)
         n = len(sensor_ids)
         if not (len(ts) == len(values) == n):
             raise ValueError("sensor_ids, ts and values must have the same length")
@@ -184,116 +150,36 @@ class Detector:
 
     def _process(self, sensor_ids: Sequence[str], ts: np.ndarray, values: np.ndarray, owner: np.ndarray | None) -> ScoreResult:
         n = len(sensor_ids)
-        res = ScoreResult(
-            accepted=np.zeros(n, dtype=bool),
-            forecast=np.full(n, np.nan), forecast_std=np.full(n, np.nan),
-            residual=np.full(n, np.nan), score=np.full(n, np.nan), surprise=np.full(n, np.nan),
-            is_anomaly=np.zeros(n, dtype=bool),
-        )
+        out = BatchOutput.empty(n)
         if n == 0:
-            return res
+            return _result(out, [], [])
         bank = self.bank
-        cols = bank.arrays
         slots = bank.assign(sensor_ids)
-        cols = bank.arrays  # assign may have grown the arrays
+        rows = bank.rows  # assign may have grown the rows
         if owner is not None:
-            cols["owner"][slots] = owner
+            rows["owner"][slots] = owner
+        # by sensor, then time; arrival order breaks ties (a later duplicate is dropped)
+        order = np.lexsort((np.arange(n), ts, slots)) if n > 1 else np.zeros(1, dtype=np.int64)
+        n_events = score_batch(rows, order, slots, ts, values, self._weights, self._scratch, self.features.alpha_min,
+                               self.scorer.knobs, self.alerter.knobs, out)
+        events: list[AlertEvent] = []
+        index: list[int] = []
+        if n_events:
+            pos = np.flatnonzero(out.event[order])  # in per-sensor order, then by time
+            for i in order[pos[np.argsort(ts[order[pos]], kind="stable")]].tolist():
+                events.append(AlertEvent(
+                    sensor_id=str(sensor_ids[i]), ts=float(ts[i]), value=float(values[i]), forecast=float(out.forecast[i]),
+                    residual=float(out.residual[i]), anomaly_score=float(out.surprise[i]), threshold=self.alerter.threshold,
+                    model_version=self.model_version, event=Transition.OPEN if out.event[i] == 1 else Transition.RESOLVED,
+                    opened_ts=float(out.opened_ts[i]), peak_score=float(min(out.peak[i], 1.0)),
+                ))
+                index.append(i)
+        return _result(out, events, index)
 
-        # Group by sensor, order by time (stable on arrival); drop replays/duplicates.
-        order = np.lexsort((np.arange(n), ts, slots))
-        s_sorted, t_sorted = slots[order], ts[order]
-        first = np.ones(n, dtype=bool)
-        first[1:] = s_sorted[1:] != s_sorted[:-1]
-        stale = t_sorted <= cols["last_ts"][s_sorted]
-        stale[1:] |= ~first[1:] & (t_sorted[1:] == t_sorted[:-1])
-        keep = order[~stale]
-        m = len(keep)
-        if m == 0:
-            return res
-        ks, kt, kv = slots[keep], ts[keep], values[keep]
-        first = np.ones(m, dtype=bool)
-        first[1:] = ks[1:] != ks[:-1]
-        starts = np.flatnonzero(first)
-        lengths = np.diff(np.append(starts, m))
-        group = np.cumsum(first) - 1
-        wave = np.arange(m) - starts[group]
-        uslots = ks[starts]
-        n_waves = int(lengths.max())
-        waves = [starts[lengths > k] + k for k in range(n_waves)]
 
-        # Phase A: normaliser and features, wave by wave.
-        x = np.empty((m, N_FEATURES), dtype=np.float32)
-        mean_after = np.empty(m)
-        std_after = np.empty(m)
-        count_after = np.empty(m, dtype=np.int64)
-        for sel in waves:
-            x[sel], mean_after[sel], std_after[sel] = self.features.step(cols, ks[sel], kt[sel], kv[sel])
-            count_after[sel] = cols["count"][ks[sel]]
-            if self.history_length:
-                sl = ks[sel]
-                pos = cols["hist_n"][sl] % self.history_length
-                cols["hist_v"][sl, pos] = kv[sel]
-                cols["hist_t"][sl, pos] = kt[sel]
-                cols["hist_n"][sl] += 1
-
-        # Phase B: one GRU pass over every sensor's sequence in this batch.
-        xp = np.zeros((len(uslots), n_waves, N_FEATURES), dtype=np.float32)
-        xp[group, wave] = x
-        with torch.inference_mode():
-            mz, logvar, h_n = self.model(torch.from_numpy(xp), torch.from_numpy(cols["h"][uslots]), torch.from_numpy(lengths))
-        cols["h"][uslots] = h_n.numpy()
-        mz = mz.numpy()[group, wave].astype(np.float64)
-        sz = np.exp(0.5 * logvar.numpy()[group, wave].astype(np.float64))
-        next_mean = mean_after + std_after * mz
-        next_std = std_after * sz
-        # The forecast for a reading was made at the sensor's previous reading.
-        fc_mean = np.empty(m)
-        fc_std = np.empty(m)
-        fc_scale = np.empty(m)  # the sensor's normalising scale when the forecast was made
-        fc_mean[1:], fc_std[1:], fc_scale[1:] = next_mean[:-1], next_std[:-1], std_after[:-1]
-        fc_mean[starts], fc_std[starts], fc_scale[starts] = cols["fc_mean"][uslots], cols["fc_std"][uslots], cols["fc_scale"][uslots]
-        last = starts + lengths - 1
-        cols["fc_mean"][uslots], cols["fc_std"][uslots], cols["fc_scale"][uslots] = next_mean[last], next_std[last], std_after[last]
-
-        # Phase C: scores and alert decisions, wave by wave (both are sequential in time).
-        residual = np.empty(m)
-        score = np.empty(m)
-        high = np.zeros(m, dtype=bool)
-        opened = np.zeros(m, dtype=bool)
-        resolved = np.zeros(m, dtype=bool)
-        opened_ts = np.empty(m)
-        peak = np.empty(m)
-        surprise = np.empty(m)
-        for sel in waves:
-            sl = ks[sel]
-            interval = np.exp(cols["logdt_mean"][sl])
-            residual[sel], surprise[sel], score[sel] = self.scorer.step(cols, sl, kt[sel], kv[sel], fc_mean[sel], fc_std[sel],
-                                                                        fc_scale[sel], mean_after[sel], interval, count_after[sel])
-            # Alerts follow the surprise: it stays high while the sensor misbehaves,
-            # which is what keeps an alert open until the sensor is back to normal.
-            high[sel], opened[sel], resolved[sel] = self.alerter.step(cols, sl, kt[sel], surprise[sel], count_after[sel])
-            opened_ts[sel], peak[sel] = cols["opened_ts"][sl], cols["peak_score"][sl]
-            cols["last_score"][sl] = surprise[sel]
-
-        res.accepted[keep] = True
-        res.forecast[keep] = fc_mean
-        res.forecast_std[keep] = fc_std
-        res.residual[keep] = residual
-        res.score[keep] = np.clip(score, 0.0, 1.0)
-        res.surprise[keep] = np.clip(surprise, 0.0, 1.0)
-        res.is_anomaly[keep] = high
-        ev_pos = np.flatnonzero(opened | resolved)
-        ev_pos = ev_pos[np.argsort(kt[ev_pos], kind="stable")]  # events in time order
-        for p in ev_pos.tolist():
-            i = int(keep[p])
-            res.events.append(AlertEvent(
-                sensor_id=str(sensor_ids[i]), ts=float(kt[p]), value=float(kv[p]), forecast=float(fc_mean[p]),
-                residual=float(residual[p]), anomaly_score=float(res.surprise[i]), threshold=self.alerter.threshold,
-                model_version=self.model_version, event=Transition.OPEN if opened[p] else Transition.RESOLVED,
-                opened_ts=float(opened_ts[p]), peak_score=float(min(peak[p], 1.0)),
-            ))
-            res.event_index.append(i)
-        return res
+def _result(out: BatchOutput, events: list[AlertEvent], index: list[int]) -> ScoreResult:
+    return ScoreResult(accepted=out.accepted, forecast=out.forecast, forecast_std=out.forecast_std, residual=out.residual,
+                       score=out.score, surprise=out.surprise, is_anomaly=out.is_anomaly, events=events, event_index=index)
 
 
 def _concat(a: ScoreResult, b: ScoreResult, offset: int) -> ScoreResult:

@@ -9,33 +9,123 @@ The GRU sees each reading as a small feature vector:
   interval (0 for the first reading), so irregular sampling is visible;
 * time of day and day of week as sine/cosine pairs (UTC).
 
-The same code builds features in the live detector and in training, so the shipped
-model sees exactly the inputs it was trained on.
+The same compiled functions build features in the live detector, in re-warming after
+a model swap and in training (:func:`series_features`), so the model always sees
+exactly the inputs it was trained on.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from numba import njit
 
 from .halflife import halflife_weight
 from .state import Column
 
-__all__ = ["FeatureBuilder", "N_FEATURES", "Z_CLIP"]
+__all__ = ["N_FEATURES", "Z_CLIP", "FeatureBuilder", "normalise", "norm_std", "replay_features", "series_features"]
 
 N_FEATURES = 6
 Z_CLIP = 10.0
-_DT_CLIP = 5.0
-_DAY = 86400.0
-_WEEK = 7 * _DAY
-_TWO_PI = 2.0 * np.pi
+DT_CLIP = 5.0
+DAY = 86400.0
+WEEK = 7 * DAY
+TWO_PI = 2.0 * math.pi
+
+
+@njit(cache=True)
+def norm_std(mean: float, var: float) -> float:
+    """Normalising scale with a floor, so constant sensors do not divide by zero."""
+    floor = 1e-3 * max(abs(mean), 1.0)
+    return math.sqrt(var + floor * floor)
+
+
+@njit(cache=True)
+def _clip(x: float, lim: float) -> float:
+    return min(max(x, -lim), lim)
+
+
+@njit(cache=True)
+def time_features(t: float, x: np.ndarray) -> None:
+    """Time of day and of week (UTC) as sine/cosine pairs into ``x[2:6]``."""
+    day = TWO_PI * (t % DAY) / DAY
+    week = TWO_PI * (t % WEEK) / WEEK
+    x[2] = math.sin(day)
+    x[3] = math.cos(day)
+    x[4] = math.sin(week)
+    x[5] = math.cos(week)
+
+
+@njit(cache=True)
+def normalise(r: np.void, t: float, v: float, x: np.ndarray, alpha_min: float) -> tuple[float, float]:
+    """Features of one reading into ``x``, updating the sensor's normaliser in row ``r``.
+
+    Returns the mean and scale *after* including this reading: the scale of the
+    forecast made from it.
+    """
+    count = r["count"]
+    mean = r["norm_mean"]
+    var = r["norm_var"]
+    logdt_mean = r["logdt_mean"]
+    first = count == 0
+    z = 0.0 if first else _clip((v - mean) / norm_std(mean, var), Z_CLIP)
+    logdt = math.log(max(1.0 if first else t - r["last_ts"], 1e-3))
+    x[0] = z
+    x[1] = 0.0 if count < 2 else _clip(logdt - logdt_mean, DT_CLIP)
+    time_features(t, x)
+
+    # EWMA with a 1/n warm start: the exact running mean for the first readings, then
+    # a long memory that still follows slow drift.
+    n = count + 1
+    alpha = max(1.0 / n, alpha_min)
+    delta = v - mean
+    mean = mean + alpha * delta
+    var = (1.0 - alpha) * (var + alpha * delta * delta)
+    # interval statistics start at the second reading
+    if count == 1:
+        logdt_mean = logdt
+    elif count > 1:
+        logdt_mean = logdt_mean + max(1.0 / count, alpha_min) * (logdt - logdt_mean)
+    r["count"] = n
+    r["norm_mean"] = mean
+    r["norm_var"] = var
+    r["last_ts"] = t
+    r["logdt_mean"] = logdt_mean
+    return mean, norm_std(mean, var)
+
+
+@njit(cache=True)
+def replay_features(r: np.void, ts: np.ndarray, values: np.ndarray, n: int, x: np.ndarray) -> None:
+    """Features ``x [n, F]`` of past readings with the sensor's *current* normaliser.
+
+    Used to re-warm hidden states and to train on the history ring: the normaliser
+    of the time is not kept, and the current one is what the model will see next.
+    """
+    mean = r["norm_mean"]
+    std = norm_std(mean, r["norm_var"])
+    for i in range(n):
+        x[i, 0] = _clip((values[i] - mean) / std, Z_CLIP)
+        if i == 0:
+            x[i, 1] = 0.0
+        else:
+            logdt = math.log(max(ts[i] - ts[i - 1], 1e-3))
+            x[i, 1] = _clip(logdt - r["logdt_mean"], DT_CLIP)
+        time_features(ts[i], x[i])
+
+
+@njit(cache=True)
+def _series_features(rows: np.ndarray, ts: np.ndarray, values: np.ndarray, alpha_min: float, out: np.ndarray) -> None:
+    for s in range(ts.shape[0]):
+        r = rows[s]
+        for t in range(ts.shape[1]):
+            normalise(r, ts[s, t], values[s, t], out[s, t], alpha_min)
 
 
 class FeatureBuilder:
-    """Updates each sensor's normaliser and turns one wave of readings into GRU inputs."""
+    """The normaliser's state columns and its setting (the compiled pass does the work)."""
 
     def __init__(self, *, normaliser_halflife: float) -> None:
-        # EWMA weight with a 1/n warm start: exact running mean for the first
-        # readings, then a long memory that still follows slow drift.
         self.alpha_min = halflife_weight(normaliser_halflife)
 
     @staticmethod
@@ -49,78 +139,16 @@ class FeatureBuilder:
             Column("logdt_mean", "float64", 0.0),
         ]
 
-    @staticmethod
-    def std(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
-        """Normalising scale with a floor, so constant sensors do not divide by zero."""
-        floor = 1e-3 * np.maximum(np.abs(mean), 1.0)
-        return np.sqrt(var + floor * floor)
 
-    @staticmethod
-    def assemble(z: np.ndarray, dt_feat: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        """Stack already normalised parts into ``[..., N_FEATURES]`` GRU inputs."""
-        x = np.empty((*np.shape(z), N_FEATURES), dtype=np.float32)
-        x[..., 0] = z
-        x[..., 1] = dt_feat
-        day = _TWO_PI * np.mod(ts, _DAY) / _DAY
-        week = _TWO_PI * np.mod(ts, _WEEK) / _WEEK
-        x[..., 2] = np.sin(day)
-        x[..., 3] = np.cos(day)
-        x[..., 4] = np.sin(week)
-        x[..., 5] = np.cos(week)
-        return x
-
-    def replay(self, cols: dict[str, np.ndarray], slots: np.ndarray, ts: np.ndarray, values: np.ndarray,
-               valid: np.ndarray) -> np.ndarray:
-        """Features of past readings ``[S, L]`` with the sensors' *current* normaliser.
-
-        Used to re-warm hidden states and to train on the history ring: the normaliser
-        of the time is not kept, and the current one is what the model will see next.
-        ``valid`` marks real readings (rings that are not full yet are padded).
-        """
-        mean = cols["norm_mean"][slots][:, None]
-        std = self.std(mean, cols["norm_var"][slots][:, None])
-        z = np.clip((values - mean) / std, -Z_CLIP, Z_CLIP)
-        logdt = np.log(np.maximum(np.diff(ts, axis=1, prepend=ts[:, :1]), 1e-3))
-        dt_feat = np.clip(logdt - cols["logdt_mean"][slots][:, None], -_DT_CLIP, _DT_CLIP)
-        dt_feat[:, 0] = 0.0
-        x = self.assemble(np.where(valid, z, 0.0), np.where(valid, dt_feat, 0.0), np.where(valid, ts, 0.0))
-        return x
-
-    def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, ts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Features for one wave (each slot at most once), updating the sensors' stats.
-
-        Returns ``(x, mean, std)``: the ``[n, N_FEATURES]`` inputs, and the normaliser
-        *after* including this reading, which is the scale of the forecast made from it.
-        """
-        count = cols["count"][slots]
-        mean = cols["norm_mean"][slots]
-        var = cols["norm_var"][slots]
-        last_ts = cols["last_ts"][slots]
-        logdt_mean = cols["logdt_mean"][slots]
-
-        first = count == 0
-        std = self.std(mean, var)
-        z = np.where(first, 0.0, (values - mean) / std)
-        np.clip(z, -Z_CLIP, Z_CLIP, out=z)
-
-        dt = ts - last_ts
-        logdt = np.log(np.maximum(np.where(first, 1.0, dt), 1e-3))
-        dt_feat = np.where(count < 2, 0.0, np.clip(logdt - logdt_mean, -_DT_CLIP, _DT_CLIP))
-
-        x = self.assemble(z, dt_feat, ts)
-
-        n = count + 1
-        alpha = np.maximum(1.0 / n, self.alpha_min)
-        delta = values - mean
-        new_mean = mean + alpha * delta
-        new_var = (1.0 - alpha) * (var + alpha * delta * delta)
-        # interval stats start at the second reading
-        a_dt = np.maximum(1.0 / np.maximum(count, 1), self.alpha_min)
-        new_logdt = np.where(count == 0, 0.0, np.where(count == 1, logdt, logdt_mean + a_dt * (logdt - logdt_mean)))
-
-        cols["count"][slots] = n
-        cols["norm_mean"][slots] = new_mean
-        cols["norm_var"][slots] = new_var
-        cols["last_ts"][slots] = ts
-        cols["logdt_mean"][slots] = new_logdt
-        return x, new_mean, self.std(new_mean, new_var)
+def series_features(ts: np.ndarray, values: np.ndarray, *, normaliser_halflife: float) -> np.ndarray:
+    """Features ``[S, T, F]`` of ``S`` series ``[S, T]`` (each in time order), each from a
+    fresh normaliser, exactly as the live detector computes them (training data)."""
+    ts = np.ascontiguousarray(np.atleast_2d(ts), dtype=np.float64)
+    values = np.ascontiguousarray(np.atleast_2d(values), dtype=np.float64)
+    fb = FeatureBuilder(normaliser_halflife=normaliser_halflife)
+    rows = np.zeros(ts.shape[0], dtype=np.dtype([(c.name, c.dtype) for c in fb.columns()], align=True))
+    for c in fb.columns():
+        rows[c.name] = c.fill
+    out = np.empty((*ts.shape, N_FEATURES), dtype=np.float32)
+    _series_features(rows, ts, values, fb.alpha_min, out)
+    return out

@@ -1,36 +1,40 @@
 """Residuals and other evidence into calibrated anomaly scores in [0, 1], per sensor.
 
 The forecast residual, standardised by the sensor's normalising scale (or the
-forecast's predicted deviation), goes through a :class:`TailEstimator`: ``p`` is the
-estimated probability of a residual at least this large *for this sensor*. Beside it
-the scorer weighs a value beyond the sensor's range, a value far from its usual
-level at this time of day, a run of large residuals and a shape of the recent
-readings unlike any the sensor has shown lately (:mod:`.evidence`). The reading's
-*surprise* is the strongest piece of evidence, Bonferroni-corrected for looking at several
-(``p = k * min(p_i)``), on the scale of :func:`score_from_probability`; a stuck
-sensor raises it too.
+forecast's predicted deviation), goes through a tail estimate
+(:mod:`.calibration`): ``p`` is the estimated probability of a residual at least
+this large *for this sensor*. Beside it the scorer weighs a value beyond the sensor's
+range, a value far from its usual level at this time of day, a run of large residuals
+and a shape of the recent readings unlike any the sensor has shown lately
+(:mod:`.evidence`). The reading's *surprise* is the strongest piece of evidence,
+Bonferroni-corrected for looking at several (``p = k * min(p_i)``), on the scale of
+:func:`~.calibration.score_from_probability`; a stuck sensor raises it too.
 
 The *anomaly score* is the surprise when it is news: a reading no more surprising
 than the sensor's recent peak (decaying with half-life ``onset_halflife`` readings)
 scores 0, and an onset lifts that peak by a margin, so one incident yields one high
-score at its onset rather than a burst.
-Alerts are opened and resolved on the surprise, which keeps its level for as long as
-the sensor misbehaves (see :class:`~streamrnn.core.alerts.Alerter`).
+score at its onset rather than a burst. Alerts are opened and resolved on the
+surprise, which keeps its level for as long as the sensor misbehaves
+(see :mod:`.alerts`).
 """
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import numpy as np
+from numba import njit
 from pydantic import Field, field_validator
 from pydantic.dataclasses import dataclass as parameters
 
-from .calibration import TailEstimator, score_from_probability
-from .evidence import DailyProfile, PatternNovelty, RangeNovelty, StuckCheck, SustainedResidual
-from .halflife import halflife_decay
+from .calibration import RESIDUAL, TailKnobs, surprise_from, tail_columns, tail_step
+from .evidence import PATTERN_OVERLAP, evidence_columns, pattern_step, profile_step, range_step, stuck_step, sustain_step
+from .halflife import halflife_decay, halflife_weight
 from .parameters import PARAMS
 from .state import Column
 
-__all__ = ["OnsetFilter", "Scorer", "ScoringParams"]
+__all__ = ["Scorer", "ScoringKnobs", "ScoringParams", "onset_step", "score_step"]
 
 
 @parameters(frozen=True, kw_only=True, config=PARAMS)
@@ -57,44 +61,91 @@ class ScoringParams:
     @field_validator("pattern_windows")
     @classmethod
     def _pattern_windows_reach_past_the_overlap(cls, v: int) -> int:
-        if 0 < v <= PatternNovelty.OVERLAP:
-            raise ValueError(f"must be 0 (off) or more than {PatternNovelty.OVERLAP}: the newest {PatternNovelty.OVERLAP} kept windows "
+        if 0 < v <= PATTERN_OVERLAP:
+            raise ValueError(f"must be 0 (off) or more than {PATTERN_OVERLAP}: the newest {PATTERN_OVERLAP} kept windows "
                              "overlap the current one and are never compared")
         return v
 
 
-class OnsetFilter:
-    """Keeps a surprise as the anomaly score only when it tops the sensor's recent peak.
+class ScoringKnobs(NamedTuple):
+    """:class:`ScoringParams` as the compiled pass uses them (weights, not half-lives)."""
 
-    The peak decays with half-life ``halflife`` readings. An onset raises it by
-    ``margin`` more, so an incident whose evidence builds up over several readings
-    (a pattern drifting further from anything seen) yields one onset, and another
-    only once it is ``margin`` more surprising (0.1: ten times rarer).
+    tail: TailKnobs
+    learn_after: int
+    use_predicted_std: bool
+    clip: float
+    stuck_readings: int
+    stuck_alpha: float
+    range_on: bool
+    range_tolerance: float
+    range_alpha: float
+    range_memory: float
+    profile_on: bool
+    profile_halflife_days: float
+    sustain_on: bool
+    pattern_on: bool
+    onset_decay: float
+    onset_margin: float
+    n_tests: int
+
+
+@njit(cache=True)
+def onset_step(r: np.void, surprise: float, decay: float, margin: float) -> float:
+    """The anomaly score of a surprise: itself when it tops the sensor's recent peak, else 0.
+
+    The peak decays by ``decay`` per reading. An onset raises it by ``margin`` more, so
+    an incident whose evidence builds up over several readings (a pattern drifting
+    further from anything seen) yields one onset, and another only once it is
+    ``margin`` more surprising (0.1: ten times rarer). ``decay`` 0 scores every reading.
     """
+    if decay == 0.0:
+        return surprise
+    peak = r["recent_peak"]
+    onset = surprise > peak
+    r["recent_peak"] = surprise + margin if onset and surprise > 0 else max(surprise, peak * decay)
+    return surprise if onset else 0.0
 
-    def __init__(self, *, halflife: float, margin: float) -> None:
-        self.decay = halflife_decay(halflife)
-        self.margin = float(margin)
 
-    @staticmethod
-    def columns() -> list[Column]:
-        """State columns this component owns."""
-        return [Column("recent_peak", "float64", 0.0)]
+@njit(cache=True)
+def score_step(r: np.void, t: float, v: float, fc_mean: float, fc_std: float, scale: float, mean: float, interval: float,
+               count: int, k: ScoringKnobs, scratch: np.ndarray) -> tuple[float, float, float]:
+    """``(residual, surprise, anomaly score)`` of one reading, updating the scorer's state.
 
-    def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, surprise: np.ndarray) -> np.ndarray:
-        """Anomaly scores for one wave; updates the decaying peaks."""
-        if not self.decay:
-            return surprise.copy()
-        peak = cols["recent_peak"][slots]
-        onset = surprise > peak
-        cols["recent_peak"][slots] = np.where(onset & (surprise > 0), surprise + self.margin, np.maximum(surprise, peak * self.decay))
-        return np.where(onset, surprise, 0.0)
+    ``fc_mean`` and ``fc_std`` are the forecast and its predicted deviation, ``scale``
+    the sensor's normalising scale when the forecast was made, ``mean`` its running
+    mean, ``interval`` its typical seconds between readings and ``count`` its readings
+    so far, this one included (every reading after a sensor's first has a forecast;
+    one without has surprise and score 0). ``scratch`` is working space for the pattern.
+    """
+    residual = v - fc_mean
+    miss = abs(residual)
+    has_fc = math.isfinite(residual)
+    # The first forecasts of a sensor come from a normaliser that has seen only a
+    # few values; learning the residual distribution from them would inflate it.
+    learn = has_fc and count - 1 > k.learn_after
+    spread = fc_std if k.use_predicted_std else scale
+    p = tail_step(r, RESIDUAL, miss / spread if has_fc else math.nan, learn, k.tail)
+    if k.sustain_on:
+        # Judged against the forecast's own predicted deviation: a run of residuals
+        # that the model expected (a busy hour) is not evidence, the same run in a
+        # calm hour is.
+        u = (miss / fc_std if fc_std > 0 else 0.0) if has_fc else math.nan
+        p = min(p, sustain_step(r, u, count, k.clip, learn, k.tail))
+    if k.range_on:
+        p = min(p, range_step(r, v, scale, mean, count - 1, k.range_tolerance, k.range_alpha, k.range_memory))
+    if k.profile_on:
+        p = min(p, profile_step(r, t, v, scale, interval, learn, k.profile_halflife_days, k.tail))
+    if k.pattern_on:
+        p = min(p, pattern_step(r, v, scale, mean, count, learn, k.tail, scratch))
+    surprise = surprise_from(min(k.n_tests * p, 1.0)) if has_fc else 0.0
+    surprise = max(surprise, surprise_from(stuck_step(r, v, count, k.stuck_readings, k.stuck_alpha)))
+    return residual, surprise, onset_step(r, surprise, k.onset_decay, k.onset_margin)
 
 
 class Scorer:
-    """Turns one wave of readings and their forecasts into surprises and anomaly scores.
+    """The scorer's state columns and compiled settings, from :class:`ScoringParams`.
 
-    ``params.range_tolerance <= 0`` turns off the range check, ``profile_bins = 0`` the
+    ``range_tolerance <= 0`` turns off the range check, ``profile_bins = 0`` the
     time-of-day profile, ``sustain_window = 0`` the run of residuals, ``pattern_windows = 0``
     the pattern novelty and ``onset_halflife = 0`` the onset filter (the score is then the
     surprise).
@@ -102,69 +153,23 @@ class Scorer:
 
     def __init__(self, params: ScoringParams) -> None:
         s = self.params = params
-
-        def tail(prefix: str) -> TailEstimator:  # every statistic's tail is learnt alike
-            return TailEstimator(prefix, scale_halflife=s.calibration_halflife, tail_halflife=s.tail_halflife,
-                                 prior_weight=s.tail_prior_weight, clip=s.calibration_clip)
-
-        self.residual = tail("cal")
-        self.range = RangeNovelty(tolerance=s.range_tolerance, halflife=s.range_halflife) if s.range_tolerance > 0 else None
-        self.profile = (DailyProfile(bins=s.profile_bins, halflife_days=s.profile_halflife_days, tail=tail("profile"))
-                        if s.profile_bins > 0 else None)
-        self.sustained = (SustainedResidual(window=s.sustain_window, clip=s.calibration_clip, tail=tail("sustain"))
-                          if s.sustain_window > 0 else None)
-        self.pattern = PatternNovelty(windows=s.pattern_windows, tail=tail("pattern")) if s.pattern_windows > 0 else None
-        self.stuck = StuckCheck(readings=s.stuck_readings, halflife=s.calibration_halflife)
-        self.onset = OnsetFilter(halflife=s.onset_halflife, margin=s.onset_margin)
-        # The first forecasts of a sensor come from a normaliser that has seen only a
-        # few values; learning the residual distribution from them would inflate it.
-        self.learn_after = s.learn_after
-        # Judge a residual against the forecast's own predicted deviation (True), or
-        # against the sensor's normalising scale only (False).
-        self.use_predicted_std = s.use_predicted_std
-        # Bonferroni: the surprise takes the strongest of this many tests.
-        self._evidence = [e for e in (self.range, self.profile, self.sustained, self.pattern) if e is not None]
-        self.n_tests = 1 + len(self._evidence)
+        range_alpha = halflife_weight(s.range_halflife)
+        on = (s.range_tolerance > 0, s.profile_bins > 0, s.sustain_window > 0, s.pattern_windows > 0)
+        self.knobs = ScoringKnobs(
+            tail=TailKnobs.of(scale_halflife=s.calibration_halflife, tail_halflife=s.tail_halflife,
+                              prior_weight=s.tail_prior_weight, clip=s.calibration_clip),
+            learn_after=s.learn_after, use_predicted_std=s.use_predicted_std, clip=s.calibration_clip,
+            stuck_readings=s.stuck_readings, stuck_alpha=halflife_weight(s.calibration_halflife),
+            range_on=on[0], range_tolerance=s.range_tolerance, range_alpha=range_alpha,
+            range_memory=1.0 / range_alpha if range_alpha > 0 else math.inf,
+            profile_on=on[1], profile_halflife_days=s.profile_halflife_days, sustain_on=on[2], pattern_on=on[3],
+            onset_decay=halflife_decay(s.onset_halflife), onset_margin=s.onset_margin,
+            # Bonferroni: the surprise takes the strongest of this many tests.
+            n_tests=1 + sum(on),
+        )
 
     def columns(self) -> list[Column]:
         """State columns the scorer and its evidence own."""
-        cols = self.residual.columns() + self.stuck.columns() + self.onset.columns()
-        for e in self._evidence:
-            cols += e.columns()
-        return cols
-
-    def step(self, cols: dict[str, np.ndarray], slots: np.ndarray, ts: np.ndarray, values: np.ndarray, fc_mean: np.ndarray,
-             fc_std: np.ndarray, scale: np.ndarray, mean: np.ndarray, interval: np.ndarray,
-             count: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Scores for one wave (each slot at most once).
-
-        ``fc_mean`` and ``fc_std`` are the forecast and its predicted deviation, ``scale``
-        is the sensor's normalising scale when the forecast was made, ``mean`` its running
-        mean, ``interval`` its typical seconds between readings and ``count`` its readings
-        so far, this one included (every reading after a sensor's first has a forecast).
-        Returns ``(residual, surprise, score)``; a reading without a forecast yet has
-        surprise and score 0.
-        """
-        residual = values - fc_mean
-        miss = np.abs(residual)
-        has_fc = np.isfinite(residual)
-        learn = has_fc & (count - 1 > self.learn_after)
-        spread = fc_std if self.use_predicted_std else scale
-        r = np.where(has_fc, miss / np.where(has_fc, spread, 1.0), np.nan)
-        p = self.residual.step(cols, slots, r, learn)
-        if self.sustained is not None:
-            # Judged against the forecast's own predicted deviation: a run of residuals
-            # that the model expected (a busy hour) is not evidence, the same run in a
-            # calm hour is (measured: +1.6 NAB DEV points over the normalising scale,
-            # which scored below no run evidence at all).
-            u = np.where(has_fc, miss / np.where(has_fc & (fc_std > 0), fc_std, np.inf), np.nan)
-            p = np.minimum(p, self.sustained.step(cols, slots, u, count, learn))
-        if self.range is not None:
-            p = np.minimum(p, self.range.step(cols, slots, values, scale, mean, count - 1))
-        if self.profile is not None:
-            p = np.minimum(p, self.profile.step(cols, slots, ts, values, scale, interval, learn))
-        if self.pattern is not None:
-            p = np.minimum(p, self.pattern.step(cols, slots, values, scale, mean, count, learn))
-        surprise = np.where(has_fc, score_from_probability(np.minimum(self.n_tests * p, 1.0)), 0.0)
-        surprise = np.maximum(surprise, score_from_probability(self.stuck.step(cols, slots, values, count)))
-        return residual, surprise, self.onset.step(cols, slots, surprise)
+        s = self.params
+        return tail_columns() + evidence_columns(profile_bins=s.profile_bins, sustain_window=s.sustain_window,
+                                                 pattern_windows=s.pattern_windows) + [Column("recent_peak", "float64", 0.0)]

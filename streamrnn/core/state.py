@@ -1,11 +1,14 @@
-"""The state bank: every sensor's state as rows of preallocated column arrays.
+"""The state bank: every sensor's state as one row of a structured array.
 
 Each component of the detector (features, forecaster, scorer, alerter) declares the
-per-sensor columns it needs; the bank allocates them, grows them by doubling as new
-sensors appear, evicts the least recently seen sensor beyond ``max_sensors`` and
-snapshots/restores them all at once. Keeping state as a struct of arrays is what lets
-one wave of a batch gather and scatter all its sensors with one fancy index, and what
-lets a checkpoint pack a partition's sensors into rows of one structured dtype.
+per-sensor fields it needs as :class:`Column` s; the bank lays them out as one numpy
+record per sensor, grows the array by doubling as new sensors appear, evicts the least
+recently seen sensor beyond ``max_sensors``, and hands rows to checkpoints as they are.
+
+One record per sensor, rather than one array per field, because the compiled scoring
+pass visits the readings of a batch in per-sensor order and touches dozens of fields
+of the same sensor for each: they sit together in memory. A column of all sensors is
+still a strided view (``bank["count"]``) for the few vectorised uses.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pydantic.dataclasses import dataclass as parameters
 
 from .parameters import PARAMS
 
-__all__ = ["BankParams", "Column", "StateBank", "CapacityError"]
+__all__ = ["BankParams", "CapacityError", "Column", "StateBank"]
 
 
 @parameters(frozen=True, kw_only=True, config=PARAMS)
@@ -27,7 +30,7 @@ class BankParams:
     """How many sensors the state bank holds and how much recent history each keeps."""
 
     max_sensors: int = Field(default=100000, ge=1, le=100_000_000, description="Most sensors held; the least recently seen is evicted beyond it.")
-    initial_capacity: int = Field(default=1024, ge=1, description="Sensors preallocated at start; the bank doubles as sensors appear.")
+    initial_capacity: int = Field(default=1024, ge=1, description="Rows allocated at start if max_sensors rows cannot be reserved as address space (they normally are: memory then grows with the sensors held); the bank doubles from there.")
     history_length: int = Field(default=128, ge=0, le=100_000, description="Recent readings kept per sensor (re-warm after a model swap, retraining data); 0 disables retraining.")
 
 
@@ -55,16 +58,44 @@ class StateBank:
             if c.name in self.columns:
                 raise ValueError(f"duplicate state column {c.name!r}")
             self.columns[c.name] = c
-        self.capacity = max(1, min(int(initial_capacity), self.max_sensors))
-        self.arrays: dict[str, np.ndarray] = {
-            c.name: np.full((self.capacity, *c.shape), c.fill, dtype=c.dtype) for c in self.columns.values()
-        }
-        self._last_seen = np.zeros(self.capacity, dtype=np.int64)
+        # Aligned records, scalars first, then arrays by size: the fields every reading
+        # touches share the row's first cache lines. Empty arrays (evidence that is off)
+        # go last, so no two fields share an offset.
+        def place(c: Column) -> tuple[int, int]:
+            size = int(np.prod(c.shape)) * np.dtype(c.dtype).itemsize
+            return (0 if not c.shape else 2 if size == 0 else 1), size
+
+        layout = sorted(self.columns.values(), key=place)
+        self.row_dtype = np.dtype([(c.name, c.dtype, c.shape) for c in layout], align=True)
+        self.fresh = np.zeros((), dtype=self.row_dtype)
+        for c in self.columns.values():
+            self.fresh[c.name] = c.fill
+        self._fresh_bytes = np.frombuffer(self.fresh.tobytes(), dtype=np.uint8)
+        self.rows = self._reserve(max(1, min(int(initial_capacity), self.max_sensors)))
+        self.last_seen = np.zeros(len(self.rows), dtype=np.int64)
         self._slot_of: dict[str, int] = {}
-        self._sensor_at: list[str | None] = [None] * self.capacity
-        self._free: list[int] = list(range(self.capacity - 1, -1, -1))
+        self._sensor_at: list[str | None] = []  # grows with the slots ever used
+        self._released: list[int] = []  # slots given back by eviction or removal
         self._tick = 0
         self.evicted_total = 0
+
+    def _reserve(self, fallback: int) -> np.ndarray:
+        """Rows for every sensor the bank may hold, as address space only.
+
+        The operating system provides a page when a row in it is first written, so
+        memory grows with the sensors actually held and growing never copies. Where
+        ``max_sensors`` rows are more than the address space can be promised, start
+        with ``fallback`` rows and double them as sensors appear.
+        """
+        try:
+            return np.empty(self.max_sensors, dtype=self.row_dtype)
+        except MemoryError:
+            return np.empty(fallback, dtype=self.row_dtype)
+
+    @property
+    def capacity(self) -> int:
+        """Rows allocated (reserved address space; pages are provided as rows are used)."""
+        return len(self.rows)
 
     # -- lookup ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -74,7 +105,12 @@ class StateBank:
         return sensor_id in self._slot_of
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return self.arrays[name]
+        return self.rows[name]
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every column as a view over all slots (writes go to the rows)."""
+        return {name: self.rows[name] for name in self.columns}
 
     def held(self) -> tuple[list[str], np.ndarray]:
         """Ids of all sensors held and their slots, in matching order."""
@@ -82,9 +118,9 @@ class StateBank:
         return ids, np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(ids))
 
     def row(self, sensor_id: str) -> dict[str, np.ndarray]:
-        """A copy of one sensor's state, column by column (for inspection and tests)."""
-        s = self._slot_of[sensor_id]
-        return {k: a[s].copy() for k, a in self.arrays.items()}
+        """A copy of one sensor's state, field by field (for inspection and tests)."""
+        r = self.rows[self._slot_of[sensor_id]]
+        return {k: np.array(r[k]) for k in self.columns}
 
     # -- assignment -----------------------------------------------------------
     def assign(self, sensor_ids: Sequence[str]) -> np.ndarray:
@@ -95,69 +131,65 @@ class StateBank:
         """
         self._tick += 1
         slot_of = self._slot_of
-        slots = np.empty(len(sensor_ids), dtype=np.int64)
-        new: dict[str, list[int]] = {}
-        for i, sid in enumerate(sensor_ids):
-            s = slot_of.get(sid, -1)
-            slots[i] = s
-            if s < 0:
-                new.setdefault(sid, []).append(i)
-        known = slots >= 0
-        self._last_seen[slots[known]] = self._tick
+        unique = dict.fromkeys(sensor_ids)  # first appearance order, one hash per reading
+        new = [sid for sid in unique if sid not in slot_of]
         if new:
-            self._make_room(len(new))
-            for sid, positions in new.items():
-                s = self._free.pop()
+            known = [slot_of[sid] for sid in unique if sid in slot_of]
+            self.last_seen[known] = self._tick  # so that making room never evicts them
+            fresh = self._take_slots(len(new))
+            self.rows.view(np.uint8).reshape(len(self.rows), -1)[fresh] = self._fresh_bytes
+            for sid, s in zip(new, fresh.tolist(), strict=True):
                 slot_of[sid] = s
                 self._sensor_at[s] = sid
-                self._reset(s)
-                self._last_seen[s] = self._tick
-                slots[positions] = s
+        for sid in unique:
+            unique[sid] = slot_of[sid]
+        slots = np.fromiter(map(unique.__getitem__, sensor_ids), dtype=np.int64, count=len(sensor_ids))
+        self.last_seen[slots] = self._tick
         return slots
 
-    def _make_room(self, n_new: int) -> None:
+    def _take_slots(self, n_new: int) -> np.ndarray:
+        """``n_new`` free slots: released ones first, then never used ones (evicting
+        the least recently seen sensors beyond ``max_sensors``)."""
         need = len(self._slot_of) + n_new
         if need > self.max_sensors:
             # Sensors seen in this batch carry the current tick; only older ones may go.
             held = np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(self._slot_of))
-            stale = held[self._last_seen[held] < self._tick]
+            stale = held[self.last_seen[held] < self._tick]
             n_evict = need - self.max_sensors
             if n_evict > len(stale):
                 raise CapacityError(f"{need - len(stale)} sensors in one batch exceed max_sensors={self.max_sensors}")
-            victims = stale[np.argpartition(self._last_seen[stale], n_evict - 1)[:n_evict]]
+            victims = stale[np.argpartition(self.last_seen[stale], n_evict - 1)[:n_evict]]
             for s in victims.tolist():
                 self._release(int(s))
             self.evicted_total += n_evict
-        if len(self._free) < n_new:
-            self._grow(len(self._slot_of) + n_new)
+        reuse = min(n_new, len(self._released))
+        taken = [self._released.pop() for _ in range(reuse)]
+        first = len(self._sensor_at)
+        extra = n_new - reuse
+        if first + extra > len(self.rows):
+            self._grow(first + extra)
+        self._sensor_at.extend([None] * extra)
+        return np.array(taken + list(range(first, first + extra)), dtype=np.int64)
 
     def _grow(self, at_least: int) -> None:
-        cap = self.capacity
+        cap = len(self.rows)
         new_cap = cap
         while new_cap < at_least:
             new_cap *= 2
         new_cap = min(new_cap, self.max_sensors)
-        for name, c in self.columns.items():
-            a = np.full((new_cap, *c.shape), c.fill, dtype=c.dtype)
-            a[:cap] = self.arrays[name]
-            self.arrays[name] = a
+        rows = np.empty(new_cap, dtype=self.row_dtype)
+        rows[:cap] = self.rows
+        self.rows = rows
         last = np.zeros(new_cap, dtype=np.int64)
-        last[:cap] = self._last_seen
-        self._last_seen = last
-        self._sensor_at.extend([None] * (new_cap - cap))
-        self._free.extend(range(new_cap - 1, cap - 1, -1))
-        self.capacity = new_cap
-
-    def _reset(self, s: int) -> None:
-        for name, c in self.columns.items():
-            self.arrays[name][s] = c.fill
+        last[:cap] = self.last_seen
+        self.last_seen = last
 
     def _release(self, s: int) -> None:
         sid = self._sensor_at[s]
         if sid is not None:
             del self._slot_of[sid]
         self._sensor_at[s] = None
-        self._free.append(s)
+        self._released.append(s)
 
     def remove(self, sensor_ids: Iterable[str]) -> None:
         """Forget sensors (e.g. when their partition moves to another worker)."""
@@ -173,28 +205,26 @@ class StateBank:
 
     def touched_since(self, tick: int, slots: np.ndarray) -> np.ndarray:
         """Which of ``slots`` were seen in a batch after ``tick``."""
-        return self._last_seen[slots] > tick
-
-    @property
-    def row_dtype(self) -> np.dtype:
-        """One sensor's whole state as a numpy structured record (for rows on the wire)."""
-        return np.dtype([(c.name, c.dtype, c.shape) for c in self.columns.values()])
+        return self.last_seen[slots] > tick
 
     def pack(self, slots: np.ndarray) -> np.ndarray:
-        """The rows of ``slots`` as a structured array of :attr:`row_dtype`."""
-        out = np.empty(len(slots), dtype=self.row_dtype)
-        for name, a in self.arrays.items():
-            out[name] = a[slots]
-        return out
+        """A copy of the rows of ``slots`` (records of :attr:`row_dtype`)."""
+        return self.rows[slots]
 
     def unpack(self, sensor_ids: list[str], rows: np.ndarray) -> np.ndarray:
-        """Load rows (structured, any subset of columns) for these sensors; returns their slots.
+        """Load rows (structured, any subset of fields) for these sensors; returns their slots.
 
-        Columns the rows lack keep their fresh value, so state from an older version
-        with fewer columns still loads.
+        Fields the rows lack keep their fresh value, so state from an older version
+        with fewer fields still loads.
         """
         slots = self.assign(sensor_ids) if sensor_ids else np.zeros(0, dtype=np.int64)
+        if not len(slots):
+            return slots
+        if rows.dtype == self.row_dtype:
+            self.rows[slots] = rows
+            return slots
         for name in rows.dtype.names or ():
-            if name in self.arrays and len(slots):
-                self.arrays[name][slots] = rows[name]
+            c = self.columns.get(name)
+            if c is not None and rows.dtype[name].shape == c.shape:
+                self.rows[name][slots] = rows[name]
         return slots

@@ -14,8 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..core.features import N_FEATURES, Z_CLIP, FeatureBuilder
-from ..core.state import StateBank
+from ..core.features import N_FEATURES, Z_CLIP, series_features
 
 __all__ = ["MAX_WINDOWS_PER_SENSOR", "NotEnoughHistory", "STRIDE", "WINDOW", "make_windows", "ring_targets", "windows_by_sensor"]
 
@@ -33,20 +32,15 @@ def make_windows(ts: np.ndarray, values: np.ndarray, *, window: int, stride: int
     """Windows ``x [N, window, F]`` and next-value targets ``y [N, window]``.
 
     ``ts`` and ``values`` are ``[sensors, T]`` matrices, each row one sensor in time
-    order. Features come from a fresh normaliser run over each whole row, exactly as
-    the detector would compute them (one vectorised step per time index).
+    order. Features come from a fresh normaliser run over each whole row, by the
+    detector's own compiled step.
     """
     ts = np.atleast_2d(np.asarray(ts, dtype=np.float64))
     values = np.atleast_2d(np.asarray(values, dtype=np.float64))
     n_s, n_t = values.shape
     if n_t < window + 1 or n_s == 0:
         return np.zeros((0, window, N_FEATURES), np.float32), np.zeros((0, window), np.float32)
-    fb = FeatureBuilder(normaliser_halflife=normaliser_halflife)
-    bank = StateBank(fb.columns(), max_sensors=n_s, initial_capacity=n_s)
-    slots = bank.assign([str(i) for i in range(n_s)])
-    feats = np.empty((n_s, n_t, N_FEATURES), dtype=np.float32)
-    for t in range(n_t):
-        feats[:, t], _, _ = fb.step(bank.arrays, slots, ts[:, t], values[:, t])
+    feats = series_features(ts, values, normaliser_halflife=normaliser_halflife)
     target = np.clip(feats[:, 1:, 0], -Z_CLIP, Z_CLIP)
     starts = range(0, n_t - 1 - window + 1, stride)
     x = np.concatenate([feats[:, s:s + window] for s in starts])

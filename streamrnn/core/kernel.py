@@ -1,0 +1,168 @@
+"""The compiled passes: a whole batch of readings through every step of the detector.
+
+:func:`score_batch` visits the readings of one batch in per-sensor time order and
+runs, for each, the normaliser, one GRU step, the forecast for the sensor's next
+reading, every piece of evidence, the onset filter and the alerter: the cost is per
+reading, with no numpy call per reading and none per "wave" of a sensor's readings,
+however the readings spread over sensors. Readings at or before their sensor's last
+timestamp are skipped (their ``accepted`` stays False).
+
+:func:`rewarm` recomputes hidden states and pending forecasts from the history rings
+(after a model swap); :func:`ring_features` gives the rings as training sequences.
+Numba compiles these on first use and caches the machine code on disk.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from .alerts import AlertKnobs, alert_step
+from .evidence import PATTERN_LENGTH
+from .features import N_FEATURES, norm_std, normalise, replay_features, time_features
+from .forecaster import GRUScratch, GRUWeights, gru_step
+from .scoring import ScoringKnobs, score_step
+
+__all__ = ["BatchOutput", "rewarm", "ring_features", "score_batch"]
+
+
+class BatchOutput(NamedTuple):
+    """Per-reading results of :func:`score_batch`, in input order."""
+
+    accepted: np.ndarray  # bool
+    forecast: np.ndarray  # float64, NaN where not accepted or no forecast yet
+    forecast_std: np.ndarray
+    residual: np.ndarray
+    score: np.ndarray
+    surprise: np.ndarray
+    is_anomaly: np.ndarray  # bool
+    event: np.ndarray  # int8: 0 none, 1 opened, 2 resolved
+    opened_ts: np.ndarray  # float64, for events
+    peak: np.ndarray  # float64, for events
+
+    @classmethod
+    def empty(cls, n: int) -> BatchOutput:
+        """Outputs for ``n`` readings, none accepted yet."""
+        def nan() -> np.ndarray:
+            return np.full(n, np.nan)
+        return cls(np.zeros(n, bool), nan(), nan(), nan(), nan(), nan(), np.zeros(n, bool), np.zeros(n, np.int8),
+                   nan(), nan())
+
+
+@njit(cache=True)
+def score_batch(rows: np.ndarray, order: np.ndarray, slots: np.ndarray, ts: np.ndarray, values: np.ndarray,
+                weights: GRUWeights, scratch: GRUScratch, norm_alpha: float, sk: ScoringKnobs, ak: AlertKnobs,
+                out: BatchOutput) -> int:
+    """Score readings ``order`` (indices into ``slots``/``ts``/``values``, sorted by sensor
+    then time) against state ``rows``; returns how many alert events they raised."""
+    x = np.zeros(N_FEATURES, dtype=np.float32)
+    scratch_pattern = np.zeros(PATTERN_LENGTH + (rows[0]["pattern_kept"].shape[1] if len(rows) else 0), dtype=np.float32)
+    n_events = 0
+    for i in order:
+        r = rows[slots[i]]
+        t = ts[i]
+        v = values[i]
+        if not t > r["last_ts"]:  # a replay or a duplicate: already reflected in the state
+            continue
+        fc_mean = r["fc_mean"]  # made at the sensor's previous reading
+        fc_std = r["fc_std"]
+        fc_scale = r["fc_scale"]  # the normalising scale when it was made
+        mean, std = normalise(r, t, v, x, norm_alpha)
+        count = r["count"]
+        hist = r["hist_v"]
+        length = hist.shape[0]
+        if length:
+            pos = r["hist_n"] % length
+            hist[pos] = v
+            r["hist_t"][pos] = t
+            r["hist_n"] += 1
+        mz, logvar = gru_step(r["h"], x, weights, scratch)
+        r["fc_mean"] = mean + std * mz
+        r["fc_std"] = std * math.exp(0.5 * logvar)
+        r["fc_scale"] = std
+        residual, surprise, score = score_step(r, t, v, fc_mean, fc_std, fc_scale, mean, math.exp(r["logdt_mean"]), count,
+                                               sk, scratch_pattern)
+        # Alerts follow the surprise: it stays high while the sensor misbehaves, which
+        # is what keeps an alert open until the sensor is back to normal.
+        high, event = alert_step(r, t, surprise, count, ak)
+        r["last_score"] = surprise
+        out.accepted[i] = True
+        out.forecast[i] = fc_mean
+        out.forecast_std[i] = fc_std
+        out.residual[i] = residual
+        out.score[i] = min(max(score, 0.0), 1.0)
+        out.surprise[i] = min(max(surprise, 0.0), 1.0)
+        out.is_anomaly[i] = high
+        if event:
+            out.event[i] = event
+            out.opened_ts[i] = r["opened_ts"]
+            out.peak[i] = r["peak_score"]
+            n_events += 1
+    return n_events
+
+
+@njit(cache=True)
+def _ring(r: np.void, ts: np.ndarray, values: np.ndarray) -> int:
+    """A sensor's history ring in time order into ``ts``/``values``; returns its length."""
+    hist_v = r["hist_v"]
+    length = hist_v.shape[0]
+    total = r["hist_n"]
+    n = min(total, length)
+    start = total % length if total >= length else 0
+    for i in range(n):
+        j = (start + i) % length
+        ts[i] = r["hist_t"][j]
+        values[i] = hist_v[j]
+    return n
+
+
+@njit(cache=True)
+def rewarm(rows: np.ndarray, slots: np.ndarray, weights: GRUWeights, scratch: GRUScratch) -> int:
+    """Recompute each sensor's hidden state and pending forecast by running its history
+    ring through the network from a zero state; returns how many had a ring."""
+    length = rows[0]["hist_v"].shape[0] if len(rows) else 0
+    ts = np.zeros(length)
+    values = np.zeros(length)
+    x = np.zeros((length, N_FEATURES), dtype=np.float32)
+    warmed = 0
+    for s in slots:
+        r = rows[s]
+        h = r["h"]
+        h[:] = 0.0
+        n = _ring(r, ts, values) if length else 0
+        if n == 0:
+            continue
+        replay_features(r, ts, values, n, x)
+        mz = 0.0
+        logvar = 0.0
+        for i in range(n):
+            mz, logvar = gru_step(h, x[i], weights, scratch)
+        mean = r["norm_mean"]
+        std = norm_std(mean, r["norm_var"])
+        r["fc_mean"] = mean + std * mz
+        r["fc_std"] = std * math.exp(0.5 * logvar)
+        r["fc_scale"] = std
+        warmed += 1
+    return warmed
+
+
+@njit(cache=True)
+def ring_features(rows: np.ndarray, slots: np.ndarray, x: np.ndarray, lengths: np.ndarray, ts: np.ndarray) -> None:
+    """Training sequences from the rings: features ``x [S, L, F]`` with each sensor's
+    current normaliser, real lengths and timestamps ``ts [S, L]`` (real steps first;
+    the padding holds features of zeros at time 0)."""
+    length = x.shape[1]
+    values = np.zeros(length)
+    for i in range(len(slots)):
+        r = rows[slots[i]]
+        n = _ring(r, ts[i], values)
+        replay_features(r, ts[i], values, n, x[i])
+        for j in range(n, length):
+            ts[i, j] = 0.0
+            x[i, j, 0] = 0.0
+            x[i, j, 1] = 0.0
+            time_features(0.0, x[i, j])
+        lengths[i] = n
