@@ -15,7 +15,7 @@ __all__ = ["plot_scores"]
 
 
 def plot_scores(out: pd.DataFrame, path: str, threshold: float, title: str = "") -> None:
-    """Draw a scored frame (the output of :func:`streamrnn.offline.score_frame`) to ``path``."""
+    """Draw a scored frame (the columns :func:`streamrnn.cli.score.score_readings` makes, with timestamp and value) to ``path``."""
     try:
         import matplotlib
 

@@ -11,7 +11,12 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["epoch_or_nan", "parse_timestamp"]
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["epoch_or_nan", "parse_timestamp", "parse_timestamps"]
 
 # Epoch values above this are milliseconds: 1e11 s is the year 5138, 1e11 ms is 1973.
 _MS_CUTOFF = 1e11
@@ -55,3 +60,60 @@ def epoch_or_nan(raw: Any) -> float:
         return parse_timestamp(raw)
     except (TypeError, ValueError, OverflowError):
         return float("nan")
+
+
+_NUMBER = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
+
+
+def parse_timestamps(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """:func:`epoch_or_nan` of a whole column of timestamp texts, vectorised.
+
+    The same rules as the per-message parser: numbers (epoch seconds or, from 1e11 on,
+    milliseconds), else ISO-8601 (no offset means UTC); NaN for anything else. Texts
+    the vectorised ISO parser does not take are tried one by one with
+    :func:`parse_timestamp`, so both agree on every input.
+    """
+    trimmed = pc.utf8_trim_whitespace(texts)
+    # the usual file holds one form throughout: one pass of Arrow's parser
+    try:
+        return _epoch_numbers(pc.cast(trimmed, pa.float64()).to_numpy(zero_copy_only=False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    us, ok = _iso_microseconds(trimmed)
+    if ok.all():
+        return us / 1e6  # whole microseconds over 1e6, as datetime.timestamp() divides them
+    out = np.full(len(trimmed), np.nan)
+    numeric = pc.fill_null(pc.match_substring_regex(trimmed, _NUMBER), False).to_numpy(zero_copy_only=False)
+    if numeric.any():
+        out[numeric] = _epoch_numbers(pc.cast(pc.filter(trimmed, numeric), pa.float64()).to_numpy(zero_copy_only=False))
+    words = ok & ~numeric
+    out[words] = us[words] / 1e6
+    for i in np.flatnonzero(~ok & ~numeric).tolist():  # what the vectorised parsers left: the scalar rules decide
+        out[i] = epoch_or_nan(trimmed[i].as_py())
+    return out
+
+
+def _epoch_numbers(x: np.ndarray) -> np.ndarray:
+    """:func:`_epoch_number` of an array (NaN where it would raise)."""
+    with np.errstate(invalid="ignore"):
+        x = np.where(np.isfinite(x) & (x >= 0), x, np.nan)
+        return np.where(x >= _MS_CUTOFF, x / 1000.0, x)
+
+
+def _iso_microseconds(words: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Microseconds since the epoch of ISO-8601 texts, and which parsed.
+
+    Arrow's parser takes a whole column in one pass when every text has the same form
+    (all without an offset, which means UTC, or all with one); pandas' takes mixed
+    forms; what neither takes is left to the caller.
+    """
+    for kind in (pa.timestamp("us"), pa.timestamp("us", tz="UTC")):
+        try:
+            us = pc.cast(words, kind).cast(pa.int64()).to_numpy(zero_copy_only=False)
+            return us, np.ones(len(us), dtype=bool)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    parsed = pd.to_datetime(words.to_pandas(), format="ISO8601", utc=True, errors="coerce")
+    ok = ~parsed.isna().to_numpy()
+    us = parsed.to_numpy(dtype="datetime64[us]", na_value=np.datetime64("NaT")).astype(np.int64)
+    return us, ok

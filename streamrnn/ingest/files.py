@@ -1,0 +1,94 @@
+"""Readings files: CSV in, parsed columns out, and scored columns back to CSV.
+
+A readings file holds ``timestamp,value`` and optionally ``sensor_id`` (any other
+columns are kept as text). Every column is read as text, so what is written back is
+what was read; timestamps and values are then parsed column-wise by the same rules
+the message decoder applies one message at a time. Reading and writing go through
+Arrow's CSV engine: a million rows take a fraction of a second either way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+from .timestamps import parse_timestamps
+
+__all__ = ["ReadingsFile", "parse_values", "read_readings_csv", "round_significant", "write_csv"]
+
+
+@dataclass
+class ReadingsFile:
+    """A readings file: its columns as read, and the parsed readings (NaN where unparsable)."""
+
+    columns: pa.Table
+    sensor_ids: list[str] | None
+    ts: np.ndarray
+    values: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+def _as_float(text: str | None) -> float:
+    try:
+        return float(text) if text is not None else math.nan
+    except ValueError:
+        return math.nan
+
+
+def parse_values(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Numbers of a column of texts (NaN where a text is not a number), vectorised."""
+    trimmed = pc.utf8_trim_whitespace(texts)
+    try:
+        return pc.cast(trimmed, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return np.array([_as_float(t) for t in trimmed.to_pylist()], dtype=np.float64)
+
+
+def read_readings_csv(path: str | Path) -> ReadingsFile:
+    """Read ``timestamp,value[,sensor_id]`` as text and parse the readings."""
+    try:
+        table = pcsv.read_csv(str(path), convert_options=pcsv.ConvertOptions(
+            column_types=None, strings_can_be_null=False, auto_dict_encode=False,
+            include_columns=None), read_options=pcsv.ReadOptions(autogenerate_column_names=False))
+    except pa.ArrowInvalid as e:
+        raise ValueError(f"{path}: not a readable CSV: {e}") from None
+    table = table.cast(pa.schema([pa.field(f.name, pa.string()) for f in table.schema]))
+    missing = {"timestamp", "value"} - set(table.column_names)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    ids = table["sensor_id"].to_pylist() if "sensor_id" in table.column_names else None
+    return ReadingsFile(table, ids, parse_timestamps(table["timestamp"]), parse_values(table["value"]))
+
+
+def round_significant(x: np.ndarray, digits: int = 9) -> np.ndarray:
+    """``x`` rounded to ``digits`` significant digits, as exactly as a double allows, so a
+    shortest-repr writer prints at most that many (a float64 written in full has 17)."""
+    out = np.array(x, dtype=np.float64)
+    ok = np.isfinite(out) & (out != 0)
+    v = out[ok]
+    e = np.floor(np.log10(np.abs(v))).astype(np.int64) - (digits - 1)
+    up = e < 0  # scale up by an exact power of ten, round, divide: correctly rounded
+    small = np.minimum(-e[up], 22)
+    v[up] = np.round(v[up] * 10.0 ** small) / 10.0 ** small
+    down = ~up
+    big = np.minimum(e[down], 22)
+    v[down] = np.round(v[down] / 10.0 ** big) * 10.0 ** big
+    out[ok] = v
+    return out
+
+
+def write_csv(columns: dict[str, pa.Array | pa.ChunkedArray | np.ndarray], path: str | Path) -> None:
+    """Write columns (texts, numbers, flags) as a CSV with a header; NaN is written empty,
+    and a text is quoted only when it must be."""
+    table = pa.table({k: v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(v, from_pandas=True)
+                      for k, v in columns.items()})
+    pcsv.write_csv(table, str(path), write_options=pcsv.WriteOptions(quoting_style="needed", quoting_header="none",
+                                                                      batch_size=1 << 16))
