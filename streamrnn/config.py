@@ -51,6 +51,7 @@ class KafkaConfig(_Section):
     """Where readings come from and where alerts and dead letters go."""
 
     bootstrap_servers: list[str] = Field(default=["127.0.0.1:9092"], min_length=1, description="Kafka brokers to bootstrap from, host:port.")
+    client: Literal["kafka-python", "confluent-kafka"] = Field(default="kafka-python", description="Kafka client library: kafka-python (pure Python), or confluent-kafka (librdkafka, about twice the consume rate; pip install 'streamrnn[confluent]'). Same guarantees either way.")
     topics: list[str] = Field(default=["sensors"], min_length=1, description="Topics holding sensor readings.")
     group_id: str = Field(default="streamrnn", min_length=1, description="Consumer group; all workers of one deployment share it.")
     alerts_topic: str = Field(default="sensor-alerts", min_length=1, description="Topic receiving alert events (keyed by sensor id).")

@@ -18,16 +18,46 @@ from streamrnn.devtools.broker import EmbeddedBroker, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Every test that runs the worker runs once per Kafka client (kafka.client).
+KAFKA_CLIENTS = ("kafka-python", "confluent-kafka")
+_client = {"name": KAFKA_CLIENTS[0]}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "run_worker" in metafunc.fixturenames:
+        metafunc.fixturenames.append("kafka_client")
+        metafunc.parametrize("kafka_client", KAFKA_CLIENTS, indirect=True)
+
+
+@pytest.fixture
+def kafka_client(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The Kafka client the workers of this test use (``worker_config`` writes it)."""
+    _client["name"] = request.param
+    try:
+        yield request.param
+    finally:
+        _client["name"] = KAFKA_CLIENTS[0]
+
 
 @pytest.fixture(scope="session")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    """A tansu broker on a free loopback port, stopped by PID at the end."""
-    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
-    broker = EmbeddedBroker(log_path=log).start()
-    try:
-        yield broker
-    finally:
+def brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, EmbeddedBroker]]:
+    """One tansu broker per Kafka client, started on first use on a free loopback port
+    and stopped by PID at the end (so each client's run of a test sees fresh topics)."""
+    started: dict[str, EmbeddedBroker] = {}
+    yield started
+    for broker in started.values():
         broker.stop()
+
+
+@pytest.fixture
+def kafka(request: pytest.FixtureRequest, brokers: dict[str, EmbeddedBroker], tmp_path_factory: pytest.TempPathFactory) -> EmbeddedBroker:
+    """The broker of this test's Kafka client."""
+    callspec = getattr(request.node, "callspec", None)
+    client = callspec.params.get("kafka_client", KAFKA_CLIENTS[0]) if callspec is not None else KAFKA_CLIENTS[0]
+    if client not in brokers:
+        log = tmp_path_factory.mktemp("tansu") / f"tansu-{client}.log"
+        brokers[client] = EmbeddedBroker(log_path=log).start()
+    return brokers[client]
 
 
 def worker_config(broker: EmbeddedBroker, tmp: Path, topic: str, **overrides: dict) -> tuple[Path, int]:
@@ -35,6 +65,7 @@ def worker_config(broker: EmbeddedBroker, tmp: Path, topic: str, **overrides: di
     port = free_port()
     cfg = {
         "kafka": {
+            "client": _client["name"],
             "bootstrap_servers": [broker.bootstrap], "topics": [topic], "group_id": f"g-{topic}",
             "alerts_topic": f"{topic}-alerts", "dead_letter_topic": f"{topic}-dlq",
             # fast group joins and low fetch latency against tansu (KAFKA-TEST-NOTES.md)

@@ -124,7 +124,8 @@ def test_two_workers_share_partitions_and_a_survivor_takes_over_from_the_changel
     (tmp_path / "b").mkdir()
     cfg_a, port_a = worker_config(kafka, tmp_path / "a", topic, **common)
     cfg_b, port_b = worker_config(kafka, tmp_path / "b", topic, **common)
-    feeder, stop = start_feeder(kafka, topic, msgs, chunk=1500, pause=0.4)
+    # paced so the stream is still flowing when the second worker has joined (both start in seconds)
+    feeder, stop = start_feeder(kafka, topic, msgs, chunk=500, pause=0.4)
     try:
         a = run_worker(cfg_a, port_a)
         a.wait_metric("streamrnn_readings_scored_total", 1000)

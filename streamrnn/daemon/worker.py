@@ -33,7 +33,7 @@ from .stores.base import StateStore
 from .stores.changelog import ChangelogStateStore
 from .stores.local import LocalStateStore
 from .transport.base import Batch, Partition, Transport
-from .transport.kafka_python import KafkaPythonTransport
+from .transport.clients import open_transport
 
 __all__ = ["Worker"]
 
@@ -110,7 +110,7 @@ class Worker:
     def _connect(self) -> bool:
         """Connect the transport and open the state store (the changelog needs the broker)."""
         def factory() -> Transport:
-            transport = KafkaPythonTransport(self.cfg.kafka, on_assign=self._on_assign, on_revoke=self._on_revoke)
+            transport = open_transport(self.cfg.kafka, on_assign=self._on_assign, on_revoke=self._on_revoke)
             if self.store is None:
                 try:
                     self.store = self._open_store(transport)
@@ -168,12 +168,11 @@ class Worker:
         """Decode, score and alert one poll batch; its offsets wait for the next checkpoint."""
         assert self.publisher is not None and self.checkpoints is not None
         t0 = time.perf_counter()
-        records = batch.records
-        for (topic, _), start, end in batch.spans:
-            self.metrics.messages_consumed.labels(topic=topic).inc(end - start)
-        decoded = self.decoder.decode([r.value for r in records])
+        for (topic, _), count in batch.counts().items():
+            self.metrics.messages_consumed.labels(topic=topic).inc(count)
+        decoded = self.decoder.decode(batch.values)
         for rej in decoded.rejections:
-            self.publisher.dead_letter(records[rej.index], rej.reason, rej.detail)
+            self.publisher.dead_letter(batch.record(rej.index), rej.reason, rej.detail)
 
         owner = batch.partition_index({tp: self.checkpoints.owner(tp) for tp in self._assigned})
         res = self.detector.process(decoded.sensor_ids, decoded.ts, decoded.values, owner[decoded.index])
@@ -181,20 +180,20 @@ class Worker:
         if len(stale):
             if self.cfg.message.out_of_order == "dead_letter":
                 for i in stale.tolist():
-                    self.publisher.dead_letter(records[decoded.index[i]], Reason.OUT_OF_ORDER,
+                    self.publisher.dead_letter(batch.record(decoded.index[i]), Reason.OUT_OF_ORDER,
                                                "timestamp at or before the sensor's last reading")
             else:
                 self.metrics.readings_dropped.labels(reason=Reason.OUT_OF_ORDER.value).inc(len(stale))
         for ev, i in zip(res.events, res.event_index, strict=True):
             if not self.checkpoints.replayed(ev):
-                self.publisher.alert(ev, records[decoded.index[i]].partition)
-        self.checkpoints.track(batch.next_offsets())
+                self.publisher.alert(ev, batch.record(decoded.index[i]).partition)
+        self.checkpoints.track(batch.next_offsets)
 
         m = self.metrics
         m.readings_scored.inc(res.n_scored)
         self._scored_total += res.n_scored
         m.batch_seconds.observe(time.perf_counter() - t0)
-        m.batch_size.observe(len(records))
+        m.batch_size.observe(len(batch))
         m.active_sensors.set(self.detector.active_sensors)
         evicted = self.detector.bank.evicted_total
         if evicted > self._evicted_seen:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
-__all__ = ["Batch", "Delivery", "OnAssign", "Partition", "Record", "Transport", "TransportError"]
+__all__ = ["Batch", "Delivery", "OnAssign", "Partition", "Record", "RecordView", "Transport", "TransportError"]
 
 Partition = tuple[str, int]
 """A topic partition: ``(topic, partition number)``."""
@@ -51,29 +51,57 @@ class Delivery:
     offset: int
 
 
+class RecordView(NamedTuple):
+    """A consumed message as a plain value (clients whose messages are not :class:`Record` s)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
 @dataclass
 class Batch:
-    """One poll: the records, and per partition the slice of them it contributed.
+    """One poll: the message values, which partition each came from, and the offsets.
 
-    Records of one partition are contiguous and in offset order, so per-partition
-    facts (message counts, the next offset to commit, which partition owns a reading)
-    come from the spans instead of a Python pass over every record.
+    Built once per poll by the transport, so that the worker makes no per-message
+    calls into the client: it decodes ``values``, maps ``part_of`` to owners with one
+    numpy index, commits ``next_offsets``, and asks for the full :meth:`record` only
+    of the messages it dead-letters or alerts on.
     """
 
-    records: list[Record]
-    spans: list[tuple[Partition, int, int]]  # (partition, start, end) into records
+    values: list[bytes | None]
+    partitions: list[Partition]  # each partition in the batch once
+    part_of: np.ndarray  # int32 per message: its index into ``partitions``
+    next_offsets: dict[Partition, int]  # the offset after the last message of each partition
+    record_at: Callable[[int], Record]
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.values)
 
-    def next_offsets(self) -> dict[Partition, int]:
-        """The offset after the last record of each partition."""
-        return {tp: self.records[end - 1].offset + 1 for tp, _, end in self.spans}
+    def record(self, i: int) -> Record:
+        """The ``i``-th message with its topic, partition, offset and key."""
+        return self.record_at(i)
+
+    def counts(self) -> dict[Partition, int]:
+        """Messages per partition."""
+        n = np.bincount(self.part_of, minlength=len(self.partitions))
+        return {tp: int(c) for tp, c in zip(self.partitions, n.tolist(), strict=True)}
 
     def partition_index(self, index_of: dict[Partition, int]) -> np.ndarray:
-        """For every record, ``index_of`` its partition (-1 when absent)."""
-        codes = np.array([index_of.get(tp, -1) for tp, _, _ in self.spans], dtype=np.int32)
-        return np.repeat(codes, [end - start for _, start, end in self.spans])
+        """For every message, ``index_of`` its partition (-1 when absent)."""
+        codes = np.array([index_of.get(tp, -1) for tp in self.partitions], dtype=np.int32)
+        return codes[self.part_of] if len(self.part_of) else np.zeros(0, dtype=np.int32)
+
+    @classmethod
+    def empty(cls) -> Batch:
+        """A poll that brought nothing."""
+        return cls([], [], np.zeros(0, dtype=np.int32), {}, _no_record)
+
+
+def _no_record(i: int) -> Record:
+    raise IndexError(i)
 
 
 class Transport(Protocol):

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
@@ -149,12 +150,20 @@ class KafkaPythonTransport:
         except KafkaError as e:
             raise TransportError(f"poll failed: {e}") from e
         records: list[Record] = []
-        spans: list[tuple[Partition, int, int]] = []
+        values: list[bytes | None] = []
+        partitions: list[Partition] = []
+        sizes: list[int] = []
+        next_offsets: dict[Partition, int] = {}
         for tp, recs in polled.items():
             if recs:
-                spans.append(((tp.topic, tp.partition), len(records), len(records) + len(recs)))
+                key = (tp.topic, tp.partition)
+                partitions.append(key)
+                sizes.append(len(recs))
+                next_offsets[key] = recs[-1].offset + 1
                 records.extend(recs)
-        return Batch(records, spans)
+                values.extend([r.value for r in recs])
+        part_of = np.repeat(np.arange(len(partitions), dtype=np.int32), sizes)
+        return Batch(values, partitions, part_of, next_offsets, records.__getitem__)
 
     def commit(self, offsets: dict[Partition, int]) -> None:
         """Commit ``next offset to read`` per partition, synchronously."""
