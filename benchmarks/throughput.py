@@ -1,18 +1,22 @@
 #!/usr/bin/env python3
-"""Worker throughput against raw kafka-python consumption of the same topic.
+"""Worker throughput against raw consumption of the same topic with the same client.
 
-    python benchmarks/throughput.py [--readings 200000] [--sensors 1000] [--partitions 8] [--rounds 2] [--pattern-windows 256]
+    python benchmarks/throughput.py [--clients kafka-python,confluent-kafka] [--readings 200000] [--sensors 1000]
+                                    [--partitions 8] [--rounds 3] [--json FILE]
 
-Starts the embedded broker, fills an N-partition topic with keyed JSON readings, then,
-interleaved for each round:
+Starts the embedded broker and fills an N-partition topic with keyed JSON readings
+(the sensor's own timestamp in a different accepted form for each message: epoch
+seconds, epoch milliseconds, a numeric string, ISO-8601). Then, interleaved for each
+round and each client:
 
-* raw: a kafka-python group consumer (same fetch settings as the worker) that polls
-  and ``json.loads`` every value, until it has read them all;
-* worker: the streamrnn worker (in this process, its own consumer group) from start
-  until every reading is scored and its lag is 0.
+* raw: a group consumer of that client (the worker's fetch settings) that polls and
+  ``json.loads`` every value, until it has read them all;
+* worker: the streamrnn worker with ``kafka.client`` set to that client (in this
+  process, its own consumer group), until every reading is scored.
 
-Prints both rates, their ratio, and the steady-state rates (first record to last,
-leaving out the group join). Rates vary with the machine's load: compare the ratio.
+Rates are taken from the group's first assignment (the join itself is the broker's
+and the same for both) to the last record. Also the p50/p99 of the worker's batch
+latency (decode, score, publish). Rates vary with the machine: compare the ratios.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import orjson
@@ -37,6 +42,18 @@ from streamrnn.devtools.fleet import SensorFleet  # noqa: E402
 GROUP_SETTINGS = dict(session_timeout_ms=3000, heartbeat_interval_ms=500, fetch_max_wait_ms=20)
 
 
+def _ts_forms(t: float, i: int) -> float | int | str:
+    """The same instant in one of the accepted forms, by message number."""
+    form = i % 4
+    if form == 0:
+        return t
+    if form == 1:
+        return int(t * 1000)
+    if form == 2:
+        return repr(t)
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 def fill(broker: EmbeddedBroker, topic: str, readings: int, sensors: int) -> None:
     from confluent_kafka import Producer
 
@@ -45,12 +62,12 @@ def fill(broker: EmbeddedBroker, topic: str, readings: int, sensors: int) -> Non
     sent = 0
     while sent < readings:
         ids, ts, values, _ = fleet.step()
-        for sid, t, v in zip(ids, ts.tolist(), values.tolist()):
+        for sid, t, v in zip(ids, ts.tolist(), values.tolist(), strict=True):
             if sent == readings:
                 break
             while True:
                 try:
-                    p.produce(topic, key=sid.encode(), value=orjson.dumps({"sensor_id": sid, "ts": t, "value": v}))
+                    p.produce(topic, key=sid.encode(), value=orjson.dumps({"sensor_id": sid, "ts": _ts_forms(t, sent), "value": v}))
                     break
                 except BufferError:
                     p.poll(0.05)
@@ -59,32 +76,56 @@ def fill(broker: EmbeddedBroker, topic: str, readings: int, sensors: int) -> Non
     assert p.flush(60) == 0
 
 
-def raw_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_records: int) -> tuple[float, float]:
-    from kafka import KafkaConsumer
-
-    t0 = time.perf_counter()
-    c = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, group_id=group, auto_offset_reset="earliest",
-                      enable_auto_commit=False, max_poll_records=max_records, **GROUP_SETTINGS)
-    got, first = 0, None
+def raw_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_records: int, client: str) -> float:
+    """Readings/s of a bare consumer of ``client`` that decodes every value, from its first assignment."""
+    got, marks = 0, {}
     total = 0.0
-    while got < n:
-        for recs in c.poll(timeout_ms=200).values():
-            if first is None:
-                first = time.perf_counter()
-            for r in recs:
-                total += json.loads(r.value)["value"]
-            got += len(recs)
-    t1 = time.perf_counter()
-    c.close()
-    return n / (t1 - t0), n / (t1 - first)
+    if client == "confluent-kafka":
+        from confluent_kafka import Consumer
+
+        c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+                      "enable.auto.commit": False, "session.timeout.ms": 3000, "heartbeat.interval.ms": 500,
+                      "fetch.wait.max.ms": 20, "log_level": 2})
+        c.subscribe([topic], on_assign=lambda _c, _p: marks.setdefault("assigned", time.perf_counter()))
+        while got < n:
+            for m in c.consume(num_messages=max_records, timeout=0.2):
+                if m.error() is None:
+                    total += json.loads(m.value())["value"]
+                    got += 1
+        t1 = time.perf_counter()
+        c.close()
+    else:
+        from kafka import KafkaConsumer
+        from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+        class Mark(ConsumerRebalanceListener):
+            def on_partitions_assigned(self, assigned: object) -> None:
+                marks.setdefault("assigned", time.perf_counter())
+
+            def on_partitions_revoked(self, revoked: object) -> None:
+                pass
+
+        c = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group, auto_offset_reset="earliest",
+                          enable_auto_commit=False, max_poll_records=max_records, **GROUP_SETTINGS)
+        c.subscribe([topic], listener=Mark())
+        while got < n:
+            for recs in c.poll(timeout_ms=200).values():
+                for r in recs:
+                    total += json.loads(r.value)["value"]
+                got += len(recs)
+        t1 = time.perf_counter()
+        c.close()
+    return n / (t1 - marks["assigned"])
 
 
 def worker_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_records: int, state_dir: str,
-                alerts: dict | None = None, training: dict | None = None, scoring: dict | None = None) -> tuple[float, float, dict]:
+                alerts: dict | None = None, training: dict | None = None, scoring: dict | None = None,
+                client: str = "kafka-python") -> tuple[float, float, dict]:
+    """Readings/s of the worker from start, and from its first assignment; and details."""
     from streamrnn.daemon.worker import Worker
 
     cfg = parse_config({
-        "kafka": {"bootstrap_servers": [broker.bootstrap], "topics": [topic], "group_id": group,
+        "kafka": {"client": client, "bootstrap_servers": [broker.bootstrap], "topics": [topic], "group_id": group,
                   "alerts_topic": f"{topic}-alerts", "dead_letter_topic": f"{topic}-dlq", "max_poll_records": max_records,
                   "poll_timeout_ms": 200, **GROUP_SETTINGS},
         "metrics": {"enabled": False},
@@ -111,6 +152,13 @@ def worker_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_reco
             w.request_stop()
 
     w.handle_batch = timed  # type: ignore[method-assign]
+    assign = w._on_assign
+
+    def assigned(partitions):  # instrumentation only: when the group's first assignment came
+        marks.setdefault("assigned", time.perf_counter())
+        assign(partitions)
+
+    w._on_assign = assigned  # type: ignore[method-assign]
     th = threading.Thread(target=w.run)
     th.start()
     th.join()
@@ -126,19 +174,20 @@ def worker_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_reco
               "alert_events": int(sum(x.value for x in w.metrics.alert_events.collect()[0].samples if x.name.endswith("_total"))),
               "durations": durations, "retrain_in_flight": in_flight,
               "sink_dropped": int(sum(x.value for x in w.metrics.sink_dropped.collect()[0].samples if x.name.endswith("_total")))}
-    return n / (t1 - t0), n / (t1 - marks["first"]), detail
+    return n / (t1 - t0), n / (t1 - marks["assigned"]), detail
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", default="kafka-python,confluent-kafka")
     ap.add_argument("--readings", type=int, default=200_000)
     ap.add_argument("--sensors", type=int, default=1000)
     ap.add_argument("--partitions", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-records", type=int, default=5000)
     ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--pattern-windows", type=int, default=256, help="scoring.pattern_windows (0: no pattern novelty)")
     args = ap.parse_args()
+    clients = args.clients.split(",")
 
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         topic = "bench"
@@ -146,20 +195,28 @@ def main() -> None:
         t = time.perf_counter()
         fill(broker, topic, args.readings, args.sensors)
         print(f"filled {args.readings} readings over {args.sensors} sensors, {args.partitions} partitions in {time.perf_counter() - t:.1f}s")
-        rows = []
+        rows: dict[str, list[dict]] = {c: [] for c in clients}
         for r in range(args.rounds):
-            raw, raw_ss = raw_rate(broker, topic, args.readings, f"raw-{r}", args.max_records)
-            wk, wk_ss, detail = worker_rate(broker, topic, args.readings, f"worker-{r}", args.max_records, f"{tmp}/s{r}",
-                                            scoring={"pattern_windows": args.pattern_windows})
-            rows.append({"raw": raw, "raw_steady": raw_ss, "worker": wk, "worker_steady": wk_ss, **detail})
-            print(f"round {r}: raw {raw:,.0f}/s (steady {raw_ss:,.0f}/s)  worker {wk:,.0f}/s (steady {wk_ss:,.0f}/s)  "
-                  f"ratio {wk / raw:.2f} (steady {wk_ss / raw_ss:.2f}); scoring took {detail['scoring_seconds_total']:.2f}s "
-                  f"in {detail['batches']} batches")
-        med = lambda k: sorted(x[k] for x in rows)[len(rows) // 2]  # noqa: E731
-        print(f"\nmedian: raw {med('raw'):,.0f} readings/s, worker {med('worker'):,.0f} readings/s, ratio {med('worker') / med('raw'):.2f}; "
-              f"steady state raw {med('raw_steady'):,.0f}/s, worker {med('worker_steady'):,.0f}/s, ratio {med('worker_steady') / med('raw_steady'):.2f}")
+            for client in clients:
+                tag = f"{client}-{r}"
+                raw = raw_rate(broker, topic, args.readings, f"raw-{tag}", args.max_records, client)
+                _, wk, detail = worker_rate(broker, topic, args.readings, f"worker-{tag}", args.max_records, f"{tmp}/{tag}",
+                                            client=client)
+                detail.pop("durations"), detail.pop("retrain_in_flight")
+                rows[client].append({"raw": raw, "worker": wk, "ratio": wk / raw, **detail})
+                print(f"round {r} {client:<16} raw {raw:>9,.0f}/s  worker {wk:>9,.0f}/s  ratio {wk / raw:.2f}  "
+                      f"batch p50 {detail['batch_p50_ms']:.1f} ms p99 {detail['batch_p99_ms']:.1f} ms", flush=True)
+        med = {c: {k: sorted(x[k] for x in v)[len(v) // 2] for k in ("raw", "worker", "ratio", "batch_p50_ms", "batch_p99_ms")}
+               for c, v in rows.items()}
+        print()
+        for c, m in med.items():
+            print(f"median {c:<16} raw {m['raw']:>9,.0f}/s  worker {m['worker']:>9,.0f}/s  ratio {m['ratio']:.2f}  "
+                  f"batch p50 {m['batch_p50_ms']:.1f} ms p99 {m['batch_p99_ms']:.1f} ms (p99/p50 {m['batch_p99_ms'] / m['batch_p50_ms']:.2f})")
+        if len(med) == 2:
+            a, b = clients
+            print(f"worker {b} / worker {a}: {med[b]['worker'] / med[a]['worker']:.2f}")
         if args.json:
-            Path(args.json).write_text(json.dumps({"args": vars(args), "rounds": rows}, indent=1))
+            Path(args.json).write_text(json.dumps({"args": vars(args), "rounds": rows, "median": med}, indent=1))
 
 
 if __name__ == "__main__":

@@ -200,6 +200,17 @@ def test_pattern_novelty_never_matches_a_window_with_itself() -> None:
     assert ps == [1.0] * len(ps)
 
 
+def test_pattern_block_sums_slide_exactly_enough() -> None:
+    feed = Sensor(pattern_windows=64)
+    for v in np.random.default_rng(5).normal(scale=3.0, size=1000):
+        feed.pattern(float(v))
+    n = feed.n
+    ring = feed.row["pattern_recent"]
+    oldest_first = ring[(n + 1 + np.arange(PATTERN_SPAN)) % PATTERN_SPAN].astype(np.float64)
+    exact = oldest_first.reshape(PATTERN_LENGTH, -1).sum(axis=1)
+    np.testing.assert_allclose(feed.row["pattern_sums"], exact, atol=1e-4)
+
+
 def test_evidence_that_is_off_costs_no_state() -> None:
     cols = {c.name: c for c in evidence_columns(profile_bins=0, sustain_window=0, pattern_windows=0)}
     assert cols["pattern_kept"].shape == (PATTERN_LENGTH, 0) and cols["profile_mean"].shape == (0,)

@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--config", help="YAML config (scoring/alerts/model sections apply)")
-    s.add_argument("--batch-size", type=int, default=250, help="rows per detector batch, as a poll batch (default 250)")
+    s.add_argument("--batch-size", type=int, default=5000, help="rows per detector batch, as a poll batch (default 5000, kafka.max_poll_records); rows of one batch are taken in time order")
     s.add_argument("--plot", metavar="FILE.png", help="also draw the series, forecast band, score and alerts")
     s.add_argument("--retrain-every", type=int, default=0, help="run the scheduled retraining inline every N rows, on the history so far (default 0: off)")
     s.set_defaults(func=cmd_score)

@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ..config import Config
@@ -37,6 +36,8 @@ def score_command(cfg: Config, args: argparse.Namespace) -> int:
     numbers = {k: (v if k == "is_anomaly" else round_significant(v)) for k, v in scored.items()}
     write_csv({**texts, **numbers}, args.output)
     if args.plot:
+        import pandas as pd
+
         from .plot import plot_scores
 
         frame = pd.DataFrame({**{k: v.to_numpy() for k, v in texts.items()}, **scored})
@@ -51,8 +52,9 @@ def score_readings(readings: ReadingsFile, detector: Detector, *, batch_size: in
     is_anomaly``.
 
     Rows whose timestamp or value cannot be parsed, or that are at or before their
-    sensor's previous timestamp, are not scored: their ``anomaly_score`` is 0. With a
-    ``retrainer``, the scheduled retraining runs inline every ``retrain_every`` rows
+    sensor's previous timestamp, are not scored: their ``anomaly_score`` is 0. Within a
+    batch, readings are taken in time order (as the worker takes a poll batch). With a
+    ``retrainer``, the scheduled retraining runs inline after every ``retrain_every`` rows
     (fine-tuning on the history seen so far, never on later rows), as the daemon's
     would between two batches, and a promoted model serves from the next batch on.
     """
@@ -66,24 +68,28 @@ def score_readings(readings: ReadingsFile, detector: Detector, *, batch_size: in
     score = np.zeros(n)
     surprise = np.zeros(n)
     anomaly = np.zeros(n, dtype=np.int8)
-    for start in range(0, n, batch_size):
-        sl = np.arange(start, min(start + batch_size, n))
+    start = 0
+    while start < n:
+        stop = min(start + batch_size, n)
+        if retrainer is not None and retrain_every > 0:  # a batch ends where a retraining is due
+            stop = min(stop, (start // retrain_every + 1) * retrain_every)
+        sl = np.arange(start, stop)
         sl = sl[good[sl]]
-        if len(sl) == 0:
-            continue
-        res = detector.process([ids[i] for i in sl], ts[sl], values[sl])
-        ok = res.accepted
-        forecast[sl] = res.forecast
-        fc_std[sl] = res.forecast_std
-        residual[sl] = res.residual
-        score[sl[ok]] = res.score[ok]
-        surprise[sl[ok]] = res.surprise[ok]
-        anomaly[sl] = res.is_anomaly
-        if retrainer is not None and retrain_every > 0 and (start + batch_size) // retrain_every > start // retrain_every:
+        if len(sl):
+            res = detector.process([ids[i] for i in sl], ts[sl], values[sl])
+            ok = res.accepted
+            forecast[sl] = res.forecast
+            fc_std[sl] = res.forecast_std
+            residual[sl] = res.residual
+            score[sl[ok]] = res.score[ok]
+            surprise[sl[ok]] = res.surprise[ok]
+            anomaly[sl] = res.is_anomaly
+        if retrainer is not None and retrain_every > 0 and stop % retrain_every == 0:
             job = retrainer.make_job(detector)
             if job is not None and retrainer.run(job) is RetrainResult.PROMOTED:
                 promoted = retrainer.take_promoted()
                 assert promoted is not None
                 detector.swap_model(*promoted)
+        start = stop
     return {"forecast": forecast, "forecast_std": fc_std, "residual": residual, "anomaly_score": score,
             "surprise": surprise, "is_anomaly": anomaly}

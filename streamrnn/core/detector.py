@@ -87,6 +87,13 @@ class Detector:
         self._weights = weights_of(self.model)
         self._scratch = scratch_for(self._weights)
 
+    def warm_up(self) -> None:
+        """Load (or on a first run, compile) the scoring pass now, so the first batch does
+        not wait for it; touches no sensor's state."""
+        score_batch(self.bank.rows, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0),
+                    self._weights, self._scratch, self.features.alpha_min, self.scorer.knobs, self.alerter.knobs,
+                    BatchOutput.empty(0))
+
     @property
     def active_sensors(self) -> int:
         """Sensors currently held in the state bank."""

@@ -63,6 +63,7 @@ def evidence_columns(*, profile_bins: int, sustain_window: int, pattern_windows:
         Column("profile_mean", "float32", 0.0, (profile_bins,)), Column("profile_visits", "int32", 0, (profile_bins,)),
         Column("sustain_ring", "float32", 0.0, (sustain_window,)),
         Column("pattern_recent", "float32", 0.0, (PATTERN_SPAN if pattern_windows else 0,)),
+        Column("pattern_sums", "float32", 0.0, (PATTERN_LENGTH if pattern_windows else 0,)),
         # block-major: block b of every kept window side by side
         Column("pattern_kept", "int16", 0, (PATTERN_LENGTH, pattern_windows)),
         Column("last_value", "float64", np.nan), Column("stuck_run", "int64", 0),
@@ -199,23 +200,33 @@ def pattern_step(r: np.void, v: float, scale: float, mean: float, n: int, learn:
     ``PATTERN_LENGTH`` + windows float32.
     """
     recent = r["pattern_recent"]
+    sums = r["pattern_sums"]
     kept = r["pattern_kept"]
     n_windows = kept.shape[1]
     window = scratch[:PATTERN_LENGTH]
     d2s = scratch[PATTERN_LENGTH:PATTERN_LENGTH + n_windows]
     ok = math.isfinite(scale) and scale > 0 and math.isfinite(mean)
-    recent[n % PATTERN_SPAN] = min(max((v - mean) / scale, -PATTERN_CLIP), PATTERN_CLIP) if ok else 0.0
+    z = np.float32(min(max((v - mean) / scale, -PATTERN_CLIP), PATTERN_CLIP) if ok else 0.0)
+    # Block sums slide with the window: each block gives its oldest reading to the block
+    # before and takes the next block's oldest (the newest block takes this reading).
+    # Recomputed exactly once per span, so float rounding cannot accumulate.
+    for b in range(PATTERN_LENGTH):
+        gain = z if b == PATTERN_LENGTH - 1 else recent[(n + (b + 1) * PATTERN_BLOCK) % PATTERN_SPAN]
+        sums[b] += gain - recent[(n + b * PATTERN_BLOCK) % PATTERN_SPAN]
+    recent[n % PATTERN_SPAN] = z
+    if n % PATTERN_SPAN == 0:
+        for b in range(PATTERN_LENGTH):
+            acc = np.float32(0.0)
+            for i in range(PATTERN_BLOCK):
+                acc += recent[(n + 1 + b * PATTERN_BLOCK + i) % PATTERN_SPAN]
+            sums[b] = acc
     before = _kept(n - 1)
     due = n >= PATTERN_SPAN and n % PATTERN_EVERY == 0
     comparable = before > PATTERN_OVERLAP  # an earlier window that does not overlap this one exists
     if not (comparable or due):
         return tail_step(r, PATTERN, math.nan, False, tail)
-    # block means, oldest first: the ring position after the newest reading holds the oldest
-    for b in range(PATTERN_LENGTH):
-        acc = np.float32(0.0)
-        for i in range(PATTERN_BLOCK):
-            acc += recent[(n + 1 + b * PATTERN_BLOCK + i) % PATTERN_SPAN]
-        window[b] = round(float(acc / np.float32(PATTERN_BLOCK)) * PATTERN_QUANTUM)
+    for b in range(PATTERN_LENGTH):  # block means, oldest first
+        window[b] = round(float(sums[b] / np.float32(PATTERN_BLOCK)) * PATTERN_QUANTUM)
 
     # Usable kept windows are those older than the PATTERN_OVERLAP newest: one stretch
     # of the ring, at most two contiguous pieces, scanned window-minor so the compiler

@@ -49,6 +49,7 @@ class Worker:
         registry = ModelRegistry.in_state_dir(cfg.state.dir, keep=cfg.training.registry_keep)
         self.detector = detector or serving_detector(registry, cfg.model.path, scoring=cfg.scoring, alerts=cfg.alerts,
                                                      bank=cfg.state)
+        self.detector.warm_up()
         self.decoder = MessageDecoder(cfg.message)
         self.metrics = metrics or WorkerMetrics()
         self._stop = threading.Event()

@@ -9,6 +9,7 @@ Arrow's CSV engine: a million rows take a fraction of a second either way.
 
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
+from numba import njit
 
+from ..core import compiled  # noqa: F401  (places the compiled-code cache before njit below)
 from .timestamps import parse_timestamps
 
 __all__ = ["ReadingsFile", "parse_values", "read_readings_csv", "round_significant", "write_csv"]
@@ -55,12 +58,12 @@ def parse_values(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def read_readings_csv(path: str | Path) -> ReadingsFile:
     """Read ``timestamp,value[,sensor_id]`` as text and parse the readings."""
     try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
         table = pcsv.read_csv(str(path), convert_options=pcsv.ConvertOptions(
-            column_types=None, strings_can_be_null=False, auto_dict_encode=False,
-            include_columns=None), read_options=pcsv.ReadOptions(autogenerate_column_names=False))
-    except pa.ArrowInvalid as e:
+            column_types={name: pa.string() for name in header}, strings_can_be_null=False))
+    except (OSError, UnicodeDecodeError, pa.ArrowInvalid) as e:
         raise ValueError(f"{path}: not a readable CSV: {e}") from None
-    table = table.cast(pa.schema([pa.field(f.name, pa.string()) for f in table.schema]))
     missing = {"timestamp", "value"} - set(table.column_names)
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
@@ -68,27 +71,40 @@ def read_readings_csv(path: str | Path) -> ReadingsFile:
     return ReadingsFile(table, ids, parse_timestamps(table["timestamp"]), parse_values(table["value"]))
 
 
+@njit(cache=True)
+def _round_significant(x: np.ndarray, digits: int, out: np.ndarray) -> None:
+    for i in range(x.shape[0]):
+        v = x[i]
+        if v == 0.0 or not math.isfinite(v):
+            out[i] = v
+            continue
+        e = int(math.floor(math.log10(abs(v)))) - (digits - 1)
+        # scale by an exact power of ten, so the rounding and the way back are exact
+        if e < 0:
+            p = 10.0 ** min(-e, 22)
+            out[i] = round(v * p) / p
+        else:
+            p = 10.0 ** min(e, 22)
+            out[i] = round(v / p) * p
+
+
 def round_significant(x: np.ndarray, digits: int = 9) -> np.ndarray:
     """``x`` rounded to ``digits`` significant digits, as exactly as a double allows, so a
     shortest-repr writer prints at most that many (a float64 written in full has 17)."""
-    out = np.array(x, dtype=np.float64)
-    ok = np.isfinite(out) & (out != 0)
-    v = out[ok]
-    e = np.floor(np.log10(np.abs(v))).astype(np.int64) - (digits - 1)
-    up = e < 0  # scale up by an exact power of ten, round, divide: correctly rounded
-    small = np.minimum(-e[up], 22)
-    v[up] = np.round(v[up] * 10.0 ** small) / 10.0 ** small
-    down = ~up
-    big = np.minimum(e[down], 22)
-    v[down] = np.round(v[down] / 10.0 ** big) * 10.0 ** big
-    out[ok] = v
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    _round_significant(x, digits, out)
     return out
 
 
 def write_csv(columns: dict[str, pa.Array | pa.ChunkedArray | np.ndarray], path: str | Path) -> None:
     """Write columns (texts, numbers, flags) as a CSV with a header; NaN is written empty,
-    and a text is quoted only when it must be."""
+    and texts are quoted only when one holds a delimiter, quote or line end."""
     table = pa.table({k: v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(v, from_pandas=True)
                       for k, v in columns.items()})
-    pcsv.write_csv(table, str(path), write_options=pcsv.WriteOptions(quoting_style="needed", quoting_header="none",
-                                                                      batch_size=1 << 16))
+    try:
+        pcsv.write_csv(table, str(path), write_options=pcsv.WriteOptions(quoting_style="none", quoting_header="none",
+                                                                          batch_size=1 << 16))
+    except pa.ArrowInvalid:  # a text that needs quotes ("none" refuses it): quote every text
+        pcsv.write_csv(table, str(path), write_options=pcsv.WriteOptions(quoting_style="needed", quoting_header="none",
+                                                                          batch_size=1 << 16))

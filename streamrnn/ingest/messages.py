@@ -8,17 +8,19 @@ works on a whole poll batch and returns columns ready for the vectorised core.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
 
+import numpy as np
 import orjson
+import pyarrow as pa
 from pydantic import Field
 from pydantic.dataclasses import dataclass as parameters
 
 from ..core.parameters import PARAMS
-from .timestamps import parse_timestamp
+from .timestamps import epoch_numbers, parse_timestamp, parse_timestamps
 
 __all__ = ["DecodedBatch", "MessageDecoder", "MessageParams", "Reason", "Rejection"]
 
@@ -89,42 +91,109 @@ class MessageDecoder:
         self.value_field = params.value_field
 
     def decode(self, payloads: Iterable[bytes | None]) -> DecodedBatch:
-        """Decode a batch of message values; never raises for bad input."""
+        """Decode a batch of message values; never raises for bad input.
+
+        One pass in Python takes each message's fields apart; timestamps are then
+        converted for the whole batch at once (numbers with numpy, texts with the
+        column-wise ISO-8601 parser), by the same rules as :func:`parse_timestamp`.
+        """
+        payloads = list(payloads)
         out = DecodedBatch()
-        sf, tf, vf = self.sensor_field, self.time_field, self.value_field
         rej = out.rejections.append
-        for i, raw in enumerate(payloads):
+        try:
+            objs: list[Any] = list(map(orjson.loads, payloads))
+        except (orjson.JSONDecodeError, TypeError):
+            objs = [self._loads(i, raw, rej) for i, raw in enumerate(payloads)]
+        sf, tf, vf = self.sensor_field, self.time_field, self.value_field
+        index, ids, values = out.index, out.sensor_ids, out.values
+        raw_ts: list[Any] = []
+        isfinite = math.isfinite
+        for i, obj in enumerate(objs):
             try:
-                obj = orjson.loads(raw) if raw is not None else None
-            except orjson.JSONDecodeError as e:
-                rej(Rejection(i, Reason.NOT_JSON, str(e)[:200]))
+                sid, t, v = obj[sf], obj[tf], obj[vf]
+            except (KeyError, TypeError):  # not an object, or a field missing: say which
+                self._reject_shape(i, obj, rej)
                 continue
-            if raw is None:
-                rej(Rejection(i, Reason.NOT_JSON, "empty message (null value)"))
-                continue
-            if not isinstance(obj, dict):
-                rej(Rejection(i, Reason.NOT_OBJECT, f"JSON {type(obj).__name__}, expected an object"))
-                continue
-            sid, t, v = obj.get(sf), obj.get(tf), obj.get(vf)
             if sid is None or sid == "" or t is None or v is None:
-                missing = [f for f, x in ((sf, sid), (tf, t), (vf, v)) if x is None or x == ""]
-                rej(Rejection(i, Reason.MISSING_FIELD, "missing " + ", ".join(missing)))
+                self._reject_shape(i, obj, rej)
                 continue
-            try:
-                value = _parse_value(v)
-            except (TypeError, ValueError):
-                rej(Rejection(i, Reason.NON_NUMERIC_VALUE, f"{vf}={v!r:.80}"))
-                continue
-            if not math.isfinite(value):
+            if type(v) is float:
+                value = v
+            elif type(v) is int:
+                value = float(v)
+            else:
+                try:
+                    value = _parse_value(v)
+                except (TypeError, ValueError):
+                    rej(Rejection(i, Reason.NON_NUMERIC_VALUE, f"{vf}={v!r:.80}"))
+                    continue
+            if not isfinite(value):
                 rej(Rejection(i, Reason.NON_FINITE_VALUE, f"{vf}={v!r:.80}"))
                 continue
-            try:
-                ts = parse_timestamp(t)
-            except (TypeError, ValueError, OverflowError) as e:
-                rej(Rejection(i, Reason.BAD_TIMESTAMP, str(e)[:200]))
-                continue
-            out.index.append(i)
-            out.sensor_ids.append(sid if isinstance(sid, str) else str(sid))
-            out.ts.append(ts)
-            out.values.append(value)
+            index.append(i)
+            ids.append(sid if type(sid) is str else str(sid))
+            values.append(value)
+            raw_ts.append(t)
+        self._timestamps(out, raw_ts)
         return out
+
+    def _reject_shape(self, i: int, obj: Any, rej: Callable[[Rejection], None]) -> None:
+        """Reject a message that is not an object, or lacks a field."""
+        if obj is _FAILED:
+            return  # not JSON: rejected already
+        if type(obj) is not dict:
+            rej(Rejection(i, Reason.NOT_OBJECT, f"JSON {type(obj).__name__}, expected an object"))
+            return
+        fields = ((self.sensor_field, obj.get(self.sensor_field)), (self.time_field, obj.get(self.time_field)),
+                  (self.value_field, obj.get(self.value_field)))
+        rej(Rejection(i, Reason.MISSING_FIELD, "missing " + ", ".join(f for f, x in fields if x is None or x == "")))
+
+    @staticmethod
+    def _loads(i: int, raw: bytes | None, rej: Callable[[Rejection], None]) -> Any:
+        """One message's JSON, or _FAILED with its rejection recorded."""
+        if raw is None:
+            rej(Rejection(i, Reason.NOT_JSON, "empty message (null value)"))
+            return _FAILED
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            rej(Rejection(i, Reason.NOT_JSON, str(e)[:200]))
+            return _FAILED
+
+    @staticmethod
+    def _timestamps(out: DecodedBatch, raw_ts: list[Any]) -> None:
+        """Epoch seconds of the readings' raw timestamps; readings whose timestamp is not
+        one are rejected (their detail says why, from the scalar parser)."""
+        n = len(raw_ts)
+        ts = np.full(n, np.nan)
+        texts: list[int] = []
+        for k, t in enumerate(raw_ts):
+            tt = type(t)
+            if tt is float or tt is int:
+                ts[k] = t
+            elif tt is str:
+                texts.append(k)
+        numbers = np.isfinite(ts)
+        ts[numbers] = epoch_numbers(ts[numbers])
+        if texts:
+            ts[texts] = parse_timestamps(pa.array([raw_ts[k] for k in texts], type=pa.string()))
+        bad = np.flatnonzero(~np.isfinite(ts))
+        if len(bad):
+            keep = np.ones(n, dtype=bool)
+            keep[bad] = False
+            for k in bad.tolist():
+                try:
+                    parse_timestamp(raw_ts[k])
+                    detail = f"timestamp {raw_ts[k]!r:.80} out of range"
+                except (TypeError, ValueError, OverflowError) as e:
+                    detail = str(e)[:200]
+                out.rejections.append(Rejection(out.index[k], Reason.BAD_TIMESTAMP, detail))
+            out.rejections.sort(key=lambda r: r.index)
+            out.index = [i for i, k in zip(out.index, keep.tolist(), strict=True) if k]
+            out.sensor_ids = [s for s, k in zip(out.sensor_ids, keep.tolist(), strict=True) if k]
+            out.values = [v for v, k in zip(out.values, keep.tolist(), strict=True) if k]
+            ts = ts[keep]
+        out.ts = ts.tolist()
+
+
+_FAILED = object()  # a message that is not JSON (already rejected)

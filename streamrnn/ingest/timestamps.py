@@ -12,11 +12,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["epoch_or_nan", "parse_timestamp", "parse_timestamps"]
+__all__ = ["epoch_numbers", "epoch_or_nan", "parse_timestamp", "parse_timestamps"]
 
 # Epoch values above this are milliseconds: 1e11 s is the year 5138, 1e11 ms is 1973.
 _MS_CUTOFF = 1e11
@@ -76,24 +75,23 @@ def parse_timestamps(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
     trimmed = pc.utf8_trim_whitespace(texts)
     # the usual file holds one form throughout: one pass of Arrow's parser
     try:
-        return _epoch_numbers(pc.cast(trimmed, pa.float64()).to_numpy(zero_copy_only=False))
+        return epoch_numbers(pc.cast(trimmed, pa.float64()).to_numpy(zero_copy_only=False))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
-    us, ok = _iso_microseconds(trimmed)
-    if ok.all():
-        return us / 1e6  # whole microseconds over 1e6, as datetime.timestamp() divides them
     out = np.full(len(trimmed), np.nan)
     numeric = pc.fill_null(pc.match_substring_regex(trimmed, _NUMBER), False).to_numpy(zero_copy_only=False)
     if numeric.any():
-        out[numeric] = _epoch_numbers(pc.cast(pc.filter(trimmed, numeric), pa.float64()).to_numpy(zero_copy_only=False))
-    words = ok & ~numeric
-    out[words] = us[words] / 1e6
-    for i in np.flatnonzero(~ok & ~numeric).tolist():  # what the vectorised parsers left: the scalar rules decide
-        out[i] = epoch_or_nan(trimmed[i].as_py())
+        out[numeric] = epoch_numbers(pc.cast(pc.filter(trimmed, numeric), pa.float64()).to_numpy(zero_copy_only=False))
+    rest = np.flatnonzero(~numeric)
+    if len(rest):
+        us, ok = _iso_microseconds(pc.filter(trimmed, ~numeric) if numeric.any() else trimmed)
+        out[rest[ok]] = us[ok] / 1e6  # whole microseconds over 1e6, as datetime.timestamp() divides them
+        for i in rest[~ok].tolist():  # what the vectorised parsers left: the scalar rules decide
+            out[i] = epoch_or_nan(trimmed[i].as_py())
     return out
 
 
-def _epoch_numbers(x: np.ndarray) -> np.ndarray:
+def epoch_numbers(x: np.ndarray) -> np.ndarray:
     """:func:`_epoch_number` of an array (NaN where it would raise)."""
     with np.errstate(invalid="ignore"):
         x = np.where(np.isfinite(x) & (x >= 0), x, np.nan)
@@ -113,6 +111,8 @@ def _iso_microseconds(words: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np
             return us, np.ones(len(us), dtype=bool)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
+    import pandas as pd  # only for a column of mixed forms
+
     parsed = pd.to_datetime(words.to_pandas(), format="ISO8601", utc=True, errors="coerce")
     ok = ~parsed.isna().to_numpy()
     us = parsed.to_numpy(dtype="datetime64[us]", na_value=np.datetime64("NaT")).astype(np.int64)

@@ -11,8 +11,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas only for frames of file or topic history (not on the scoring path)
+    import pandas as pd
 
 from ..core.features import N_FEATURES, Z_CLIP, series_features
 
