@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import orjson
@@ -101,7 +101,8 @@ class MessageDecoder:
         out = DecodedBatch()
         rej = out.rejections.append
         try:
-            objs: list[Any] = list(map(orjson.loads, payloads))
+            # a None payload (tombstone) raises TypeError and takes the one-by-one path
+            objs: list[Any] = list(map(orjson.loads, cast("list[bytes]", payloads)))
         except (orjson.JSONDecodeError, TypeError):
             objs = [self._loads(i, raw, rej) for i, raw in enumerate(payloads)]
         sf, tf, vf = self.sensor_field, self.time_field, self.value_field
