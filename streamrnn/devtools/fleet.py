@@ -139,8 +139,15 @@ class SensorFleet:
         return list(self.ids), ts, values, labels
 
     def started_at(self, ts: float) -> list[Anomaly]:
-        """Anomalies that began at this timestamp (still running)."""
-        return [a for a in self._open.values() if a.start_ts == ts]
+        """Anomalies that began at this timestamp, whether still running or (one-tick
+        spikes) already over."""
+        ended = []
+        for a in reversed(self.anomalies):  # in order of their ending: the newest are last
+            if a.end_ts < ts:
+                break
+            if a.start_ts == ts:
+                ended.append(a)
+        return ended[::-1] + [a for a in self._open.values() if a.start_ts == ts]
 
     def all_anomalies(self) -> list[Anomaly]:
         """Finished anomalies plus those still running (ending at the last tick so far)."""
