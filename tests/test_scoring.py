@@ -41,7 +41,7 @@ class Sensor:
     def range(self, value: float, mean: float, halflife: float) -> float:
         self.n += 1  # the range check is told the readings before this one
         alpha = halflife_weight(halflife)
-        return range_step(self.row, value, 1.0, mean, self.n - 1, 0.05, alpha, 1.0 / alpha if alpha else math.inf)
+        return range_step(self.row, value, 1.0, mean, self.n - 1, 0.05, alpha, 1.0 / alpha if alpha else math.inf, True)
 
     def sustained(self, u: float, learn: bool = True) -> float:
         self.n += 1
@@ -126,7 +126,7 @@ def test_daily_profile_catches_a_value_normal_for_the_day_but_not_the_hour() -> 
         return 100.0 if 8 <= (t % 86400) / hour < 20 else 10.0
 
     def step(t: float, v: float, learn: bool) -> float:
-        return profile_step(prof.row, t, v, 40.0, 600.0, learn, 3.0, TAIL)
+        return profile_step(prof.row, t, v, 40.0, 600.0, learn, True, 3.0, TAIL)
 
     ts = np.arange(0, 20 * 86400, 600.0)
     ps = [step(t, level(t) + gen.normal(0, 2), True) for t in ts]

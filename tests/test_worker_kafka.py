@@ -98,7 +98,14 @@ def test_malformed_messages_go_to_the_dead_letter_topic(kafka: EmbeddedBroker, t
         "non_finite_value": [(b"k7", b'{"sensor_id": "x", "ts": 1, "value": "NaN"}')],
         "bad_timestamp": [(b"k8", b'{"sensor_id": "x", "ts": "tea time", "value": 2}')],
         "out_of_order": [(b"s1", orjson.dumps({"sensor_id": "s1", "ts": 1_700_000_000 + 3, "value": 1.0}))],
+        "future_timestamp": [(b"k9", orjson.dumps({"sensor_id": "x", "ts": (time.time() + 86400) * 1000, "value": 2}))],
+        "bad_sensor_id": [(b"k10", b'{"sensor_id": true, "ts": 1, "value": 2}'),
+                          (b"k11", orjson.dumps({"sensor_id": "x" * 5000, "ts": 1, "value": 2}))],
     }
+    # values near the float range overflow a sensor's state: it is reset, and keeps being scored
+    extreme = [(b"s2", orjson.dumps({"sensor_id": "s2", "ts": 1_700_000_000 + i, "value": v}))
+               for i, v in enumerate([1.0, 2.0] * 10 + [1.7e308, -1.7e308] + [1.0, 2.0] * 3)]
+    good += extreme
     msgs = good + [m for ms in bad.values() for m in ms]
     produce(kafka, topic, msgs)
     cfg, port = worker_config(kafka, tmp_path, topic, message={"out_of_order": "dead_letter"})
@@ -109,6 +116,7 @@ def test_malformed_messages_go_to_the_dead_letter_topic(kafka: EmbeddedBroker, t
     for reason, ms in bad.items():
         assert w.metric("streamrnn_dead_letters_total", {"reason": reason}) == len(ms), reason
     assert w.metric("streamrnn_readings_scored_total") == len(good)
+    assert w.metric("streamrnn_sensor_state_resets_total") == 1
     dl = consume_all(kafka, f"{topic}-dlq", expect=expected)
     assert w.terminate() == 0
 

@@ -31,7 +31,8 @@ def score_command(cfg: Config, args: argparse.Namespace) -> int:
     if args.retrain_every > 0 and cfg.training.enabled and cfg.state.history_length:
         # one series is enough offline; promoted models stay in memory (no registry writes)
         retrainer = Retrainer(dataclasses.replace(cfg.training, min_sensors=1), None)
-    scored = score_readings(readings, detector, batch_size=args.batch_size, retrainer=retrainer, retrain_every=args.retrain_every)
+    scored = score_readings(readings, detector, batch_size=args.batch_size, retrainer=retrainer, retrain_every=args.retrain_every,
+                            max_sensor_id_length=cfg.message.max_sensor_id_length)
     texts = {k: readings.columns[k] for k in ("sensor_id", "timestamp", "value") if k in readings.columns.column_names}
     numbers = {k: (v if k == "is_anomaly" else round_significant(v)) for k, v in scored.items()}
     write_csv({**texts, **numbers}, args.output)
@@ -46,13 +47,15 @@ def score_command(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def score_readings(readings: ReadingsFile, detector: Detector, *, batch_size: int, default_sensor: str = "series",
-                   retrainer: Retrainer | None = None, retrain_every: int = 0) -> dict[str, np.ndarray]:
+                   retrainer: Retrainer | None = None, retrain_every: int = 0,
+                   max_sensor_id_length: int | None = None) -> dict[str, np.ndarray]:
     """Score a file's readings in order, in batches as a poll would bring them; one
     value per row for ``forecast, forecast_std, residual, anomaly_score, surprise,
     is_anomaly``.
 
-    Rows whose timestamp or value cannot be parsed, or that are at or before their
-    sensor's previous timestamp, are not scored: their ``anomaly_score`` is 0. Within a
+    Rows whose timestamp or value cannot be parsed (the decoder's rules: no clock
+    bound offline), whose sensor id is longer than ``max_sensor_id_length``, or that
+    are at or before their sensor's previous timestamp, are not scored: their ``anomaly_score`` is 0. Within a
     batch, readings are taken in time order (as the worker takes a poll batch). With a
     ``retrainer``, the scheduled retraining runs inline after every ``retrain_every`` rows
     (fine-tuning on the history seen so far, never on later rows), as the daemon's
@@ -62,6 +65,8 @@ def score_readings(readings: ReadingsFile, detector: Detector, *, batch_size: in
     ids = readings.sensor_ids if readings.sensor_ids is not None else [default_sensor] * n
     ts, values = readings.ts, readings.values
     good = np.isfinite(ts) & np.isfinite(values)
+    if readings.sensor_ids is not None and max_sensor_id_length is not None:
+        good &= np.fromiter(map(len, ids), dtype=np.int64, count=n) <= max_sensor_id_length
     forecast = np.full(n, np.nan)
     fc_std = np.full(n, np.nan)
     residual = np.full(n, np.nan)

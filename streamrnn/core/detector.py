@@ -9,6 +9,7 @@ event, never each reading.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -22,6 +23,8 @@ from .scoring import Scorer, ScoringParams
 from .state import BankParams, CapacityError, Column, StateBank
 
 __all__ = ["Detector", "ScoreResult"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,6 +83,7 @@ class Detector:
         ]
         cols += self.features.columns() + self.scorer.columns() + self.alerter.columns()
         self.bank = StateBank(cols, max_sensors=bank.max_sensors, initial_capacity=bank.initial_capacity)
+        self.resets_total = 0  # sensors whose state became non-finite and was started afresh
 
     def _serve(self, model: GRUForecaster, version: str) -> None:
         self.model = model.eval()
@@ -90,9 +94,10 @@ class Detector:
     def warm_up(self) -> None:
         """Load (or on a first run, compile) the scoring pass now, so the first batch does
         not wait for it; touches no sensor's state."""
-        score_batch(self.bank.rows, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0),
-                    self._weights, self._scratch, self.features.alpha_min, self.scorer.knobs, self.alerter.knobs,
-                    BatchOutput.empty(0))
+        rows = self.bank.rows
+        score_batch(rows, self.bank.raw(), self.bank.fresh_bytes, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64),
+                    np.zeros(0), np.zeros(0), self._weights, self._scratch, self.features.alpha_min, self.scorer.knobs,
+                    self.alerter.knobs, BatchOutput.empty(0))
 
     @property
     def active_sensors(self) -> int:
@@ -167,8 +172,13 @@ class Detector:
             rows["owner"][slots] = owner
         # by sensor, then time; arrival order breaks ties (a later duplicate is dropped)
         order = np.lexsort((np.arange(n), ts, slots)) if n > 1 else np.zeros(1, dtype=np.int64)
-        n_events = score_batch(rows, order, slots, ts, values, self._weights, self._scratch, self.features.alpha_min,
-                               self.scorer.knobs, self.alerter.knobs, out)
+        n_events = score_batch(rows, bank.raw(), bank.fresh_bytes, order, slots, ts, values, self._weights, self._scratch,
+                               self.features.alpha_min, self.scorer.knobs, self.alerter.knobs, out)
+        if out.reset.any():
+            reset = np.flatnonzero(out.reset)
+            self.resets_total += len(reset)
+            log.warning("state of %d sensor(s) became non-finite and was reset: %s", len(reset),
+                        ", ".join(sorted({str(sensor_ids[i]) for i in reset.tolist()})[:10]))
         events: list[AlertEvent] = []
         index: list[int] = []
         if n_events:

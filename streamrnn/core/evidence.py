@@ -72,7 +72,8 @@ def evidence_columns(*, profile_bins: int, sustain_window: int, pattern_windows:
 
 
 @njit(cache=True)
-def range_step(r: np.void, v: float, scale: float, mean: float, n: int, tolerance: float, alpha: float, memory: float) -> float:
+def range_step(r: np.void, v: float, scale: float, mean: float, n: int, tolerance: float, alpha: float, memory: float,
+               widen: bool) -> float:
     """Scores a value outside the range the sensor has shown so far.
 
     Of ``n`` exchangeable readings (those before this one) the newest is the largest
@@ -82,7 +83,8 @@ def range_step(r: np.void, v: float, scale: float, mean: float, n: int, toleranc
     ``tolerance`` times the range's width count, so a slowly trending sensor does not
     call every small new record an anomaly. The range relaxes towards the running
     mean with weight ``alpha`` per reading, so one glitch does not blind the check;
-    ``n`` is capped at that ``memory``.
+    ``n`` is capped at that ``memory``. Unless ``widen``, the value does not extend the
+    range (a glitch).
     """
     lo = r["range_lo"]
     hi = r["range_hi"]
@@ -104,8 +106,8 @@ def range_step(r: np.void, v: float, scale: float, mean: float, n: int, toleranc
 
 
 @njit(cache=True)
-def profile_step(r: np.void, t: float, v: float, scale: float, interval: float, learn: bool, halflife_days: float,
-                 tail: TailKnobs) -> float:
+def profile_step(r: np.void, t: float, v: float, scale: float, interval: float, learn: bool, follow: bool,
+                 halflife_days: float, tail: TailKnobs) -> float:
     """Scores the distance of a value from the sensor's usual value at this time of day.
 
     Each sensor keeps the mean of its values in slots of the UTC day, each an
@@ -127,8 +129,9 @@ def profile_step(r: np.void, t: float, v: float, scale: float, interval: float, 
     visits_per_day = DAY / (bins * max(interval, 1e-3))
     halflife_visits = max(halflife_days * visits_per_day, 1.0)
     a = max(1.0 / (k + 1), 1.0 - 0.5 ** (1.0 / halflife_visits))
-    means[b] = mean + a * (v - mean)
-    visits[b] = min(k + 1, 2147483647)
+    if follow:  # a glitch does not move the slot's mean
+        means[b] = mean + a * (v - mean)
+        visits[b] = min(k + 1, 2147483647)
     return p
 
 

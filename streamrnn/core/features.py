@@ -24,10 +24,19 @@ from numba import njit
 from .halflife import halflife_weight
 from .state import Column
 
-__all__ = ["N_FEATURES", "Z_CLIP", "FeatureBuilder", "normalise", "norm_std", "replay_features", "series_features"]
+__all__ = ["GLITCH", "N_FEATURES", "ROBUST_AFTER", "Z_CLIP", "FeatureBuilder", "normalise", "norm_std", "replay_features", "series_features"]
 
 N_FEATURES = 6
 Z_CLIP = 10.0
+# The glitch rule below starts once the normaliser has this many readings: before
+# that its scale is a plain average of the little the sensor has shown.
+ROBUST_AFTER = 16
+# A reading more than GLITCH scales from the mean, when its predecessor was not, is a
+# glitch: it is scored, but neither the normaliser nor any evidence learns from it
+# (they would otherwise take one absurd value for the sensor's normal and stay blind
+# to real anomalies for their whole memory). The second such reading in a row is a
+# real change (a level shift, a constant sensor starting to move) and is learnt.
+GLITCH = 1000.0
 DT_CLIP = 5.0
 DAY = 86400.0
 WEEK = 7 * DAY
@@ -58,11 +67,11 @@ def time_features(t: float, x: np.ndarray) -> None:
 
 
 @njit(cache=True)
-def normalise(r: np.void, t: float, v: float, x: np.ndarray, alpha_min: float) -> tuple[float, float]:
+def normalise(r: np.void, t: float, v: float, x: np.ndarray, alpha_min: float) -> tuple[float, float, bool]:
     """Features of one reading into ``x``, updating the sensor's normaliser in row ``r``.
 
-    Returns the mean and scale *after* including this reading: the scale of the
-    forecast made from it.
+    Returns the mean and scale *after* including this reading (the scale of the
+    forecast made from it), and whether the reading is a glitch (see :data:`GLITCH`).
     """
     count = r["count"]
     mean = r["norm_mean"]
@@ -80,8 +89,14 @@ def normalise(r: np.void, t: float, v: float, x: np.ndarray, alpha_min: float) -
     n = count + 1
     alpha = max(1.0 / n, alpha_min)
     delta = v - mean
-    mean = mean + alpha * delta
-    var = (1.0 - alpha) * (var + alpha * delta * delta)
+    glitch = False
+    if count >= ROBUST_AFTER:
+        beyond = abs(delta) > GLITCH * norm_std(mean, var)
+        glitch = beyond and r["beyond"] == 0
+        r["beyond"] = 1 if beyond else 0
+    if not glitch:
+        mean = mean + alpha * delta
+        var = (1.0 - alpha) * (var + alpha * delta * delta)
     # interval statistics start at the second reading
     if count == 1:
         logdt_mean = logdt
@@ -92,7 +107,7 @@ def normalise(r: np.void, t: float, v: float, x: np.ndarray, alpha_min: float) -
     r["norm_var"] = var
     r["last_ts"] = t
     r["logdt_mean"] = logdt_mean
-    return mean, norm_std(mean, var)
+    return mean, norm_std(mean, var), glitch
 
 
 @njit(cache=True)
@@ -137,6 +152,7 @@ class FeatureBuilder:
             Column("norm_mean", "float64", 0.0),
             Column("norm_var", "float64", 0.0),
             Column("logdt_mean", "float64", 0.0),
+            Column("beyond", "int8", 0),  # the last reading was more than GLITCH scales off
         ]
 
 

@@ -42,6 +42,7 @@ class BatchOutput(NamedTuple):
     event: np.ndarray  # int8: 0 none, 1 opened, 2 resolved
     opened_ts: np.ndarray  # float64, for events
     peak: np.ndarray  # float64, for events
+    reset: np.ndarray  # bool: the sensor's state turned non-finite here and was reset
 
     @classmethod
     def empty(cls, n: int) -> BatchOutput:
@@ -49,15 +50,19 @@ class BatchOutput(NamedTuple):
         def nan() -> np.ndarray:
             return np.full(n, np.nan)
         return cls(np.zeros(n, bool), nan(), nan(), nan(), nan(), nan(), np.zeros(n, bool), np.zeros(n, np.int8),
-                   nan(), nan())
+                   nan(), nan(), np.zeros(n, bool))
 
 
 @njit(cache=True)
-def score_batch(rows: np.ndarray, order: np.ndarray, slots: np.ndarray, ts: np.ndarray, values: np.ndarray,
-                weights: GRUWeights, scratch: GRUScratch, norm_alpha: float, sk: ScoringKnobs, ak: AlertKnobs,
-                out: BatchOutput) -> int:
+def score_batch(rows: np.ndarray, raw: np.ndarray, fresh: np.ndarray, order: np.ndarray, slots: np.ndarray, ts: np.ndarray,
+                values: np.ndarray, weights: GRUWeights, scratch: GRUScratch, norm_alpha: float, sk: ScoringKnobs,
+                ak: AlertKnobs, out: BatchOutput) -> int:
     """Score readings ``order`` (indices into ``slots``/``ts``/``values``, sorted by sensor
-    then time) against state ``rows``; returns how many alert events they raised."""
+    then time) against state ``rows``; returns how many alert events they raised.
+
+    ``raw`` is ``rows`` as bytes ``[rows, row size]`` and ``fresh`` a new sensor's row as
+    bytes: a sensor whose state stops being finite is reset to it at once.
+    """
     x = np.zeros(N_FEATURES, dtype=np.float32)
     scratch_pattern = np.zeros(PATTERN_LENGTH + (rows[0]["pattern_kept"].shape[1] if len(rows) else 0), dtype=np.float32)
     n_events = 0
@@ -70,7 +75,7 @@ def score_batch(rows: np.ndarray, order: np.ndarray, slots: np.ndarray, ts: np.n
         fc_mean = r["fc_mean"]  # made at the sensor's previous reading
         fc_std = r["fc_std"]
         fc_scale = r["fc_scale"]  # the normalising scale when it was made
-        mean, std = normalise(r, t, v, x, norm_alpha)
+        mean, std, glitch = normalise(r, t, v, x, norm_alpha)
         count = r["count"]
         hist = r["hist_v"]
         length = hist.shape[0]
@@ -83,8 +88,20 @@ def score_batch(rows: np.ndarray, order: np.ndarray, slots: np.ndarray, ts: np.n
         r["fc_mean"] = mean + std * mz
         r["fc_std"] = std * math.exp(0.5 * logvar)
         r["fc_scale"] = std
+        if not (math.isfinite(r["fc_mean"]) and math.isfinite(r["fc_std"]) and math.isfinite(std)):
+            # Values near the float range can overflow the normaliser or the network:
+            # start the sensor afresh from this reading's time rather than leave it blind.
+            owner = r["owner"]  # the partition it belongs to is no part of its history
+            raw[slots[i]] = fresh
+            r["owner"] = owner
+            r["last_ts"] = t
+            out.accepted[i] = True
+            out.score[i] = 0.0
+            out.surprise[i] = 0.0
+            out.reset[i] = True
+            continue
         residual, surprise, score = score_step(r, t, v, fc_mean, fc_std, fc_scale, mean, math.exp(r["logdt_mean"]), count,
-                                               sk, scratch_pattern)
+                                               glitch, sk, scratch_pattern)
         # Alerts follow the surprise: it stays high while the sensor misbehaves, which
         # is what keeps an alert open until the sensor is back to normal.
         high, event = alert_step(r, t, surprise, count, ak)

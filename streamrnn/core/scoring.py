@@ -108,21 +108,22 @@ def onset_step(r: np.void, surprise: float, decay: float, margin: float) -> floa
 
 @njit(cache=True)
 def score_step(r: np.void, t: float, v: float, fc_mean: float, fc_std: float, scale: float, mean: float, interval: float,
-               count: int, k: ScoringKnobs, scratch: np.ndarray) -> tuple[float, float, float]:
+               count: int, glitch: bool, k: ScoringKnobs, scratch: np.ndarray) -> tuple[float, float, float]:
     """``(residual, surprise, anomaly score)`` of one reading, updating the scorer's state.
 
     ``fc_mean`` and ``fc_std`` are the forecast and its predicted deviation, ``scale``
     the sensor's normalising scale when the forecast was made, ``mean`` its running
     mean, ``interval`` its typical seconds between readings and ``count`` its readings
     so far, this one included (every reading after a sensor's first has a forecast;
-    one without has surprise and score 0). ``scratch`` is working space for the pattern.
+    one without has surprise and score 0). A ``glitch`` (see :data:`~.features.GLITCH`)
+    is scored but teaches no evidence. ``scratch`` is working space for the pattern.
     """
     residual = v - fc_mean
     miss = abs(residual)
     has_fc = math.isfinite(residual)
     # The first forecasts of a sensor come from a normaliser that has seen only a
     # few values; learning the residual distribution from them would inflate it.
-    learn = has_fc and count - 1 > k.learn_after
+    learn = has_fc and count - 1 > k.learn_after and not glitch
     spread = fc_std if k.use_predicted_std else scale
     p = tail_step(r, RESIDUAL, miss / spread if has_fc else math.nan, learn, k.tail)
     if k.sustain_on:
@@ -132,9 +133,11 @@ def score_step(r: np.void, t: float, v: float, fc_mean: float, fc_std: float, sc
         u = (miss / fc_std if fc_std > 0 else 0.0) if has_fc else math.nan
         p = min(p, sustain_step(r, u, count, k.clip, learn, k.tail))
     if k.range_on:
-        p = min(p, range_step(r, v, scale, mean, count - 1, k.range_tolerance, k.range_alpha, k.range_memory))
+        p = min(p, range_step(r, v, scale, mean, count - 1, k.range_tolerance, k.range_alpha, k.range_memory,
+                                  not glitch))
     if k.profile_on:
-        p = min(p, profile_step(r, t, v, scale, interval, learn, k.profile_halflife_days, k.tail))
+        p = min(p, profile_step(r, t, v, scale, interval, learn, not glitch, k.profile_halflife_days,
+                                    k.tail))
     if k.pattern_on:
         p = min(p, pattern_step(r, v, scale, mean, count, learn, k.tail, scratch))
     surprise = surprise_from(min(k.n_tests * p, 1.0)) if has_fc else 0.0

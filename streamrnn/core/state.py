@@ -70,7 +70,7 @@ class StateBank:
         self.fresh = np.zeros((), dtype=self.row_dtype)
         for c in self.columns.values():
             self.fresh[c.name] = c.fill
-        self._fresh_bytes = np.frombuffer(self.fresh.tobytes(), dtype=np.uint8)
+        self.fresh_bytes = np.frombuffer(self.fresh.tobytes(), dtype=np.uint8).copy()
         self.rows = self._reserve(max(1, min(int(initial_capacity), self.max_sensors)))
         self.last_seen = np.zeros(len(self.rows), dtype=np.int64)
         self._slot_of: dict[str, int] = {}
@@ -91,6 +91,10 @@ class StateBank:
             return np.empty(self.max_sensors, dtype=self.row_dtype)
         except MemoryError:
             return np.empty(fallback, dtype=self.row_dtype)
+
+    def raw(self) -> np.ndarray:
+        """The rows as bytes ``[capacity, row size]`` (a view: writes reach the rows)."""
+        return self.rows.view(np.uint8).reshape(len(self.rows), self.row_dtype.itemsize)
 
     @property
     def capacity(self) -> int:
@@ -137,7 +141,7 @@ class StateBank:
             known = [slot_of[sid] for sid in unique if sid in slot_of]
             self.last_seen[known] = self._tick  # so that making room never evicts them
             fresh = self._take_slots(len(new))
-            self.rows.view(np.uint8).reshape(len(self.rows), -1)[fresh] = self._fresh_bytes
+            self.rows.view(np.uint8).reshape(len(self.rows), -1)[fresh] = self.fresh_bytes
             for sid, s in zip(new, fresh.tolist(), strict=True):
                 slot_of[sid] = s
                 self._sensor_at[s] = sid

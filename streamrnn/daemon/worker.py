@@ -67,6 +67,7 @@ class Worker:
         self._assigned: set[Partition] = set()
         self._lag_labels: set[Partition] = set()
         self._evicted_seen = 0
+        self._resets_seen = 0
         self._scored_total = 0
         self._last_top = 0.0
 
@@ -171,7 +172,7 @@ class Worker:
         t0 = time.perf_counter()
         for (topic, _), count in batch.counts().items():
             self.metrics.messages_consumed.labels(topic=topic).inc(count)
-        decoded = self.decoder.decode(batch.values)
+        decoded = self.decoder.decode(batch.values, now=time.time())
         for rej in decoded.rejections:
             self.publisher.dead_letter(batch.record(rej.index), rej.reason, rej.detail)
 
@@ -200,6 +201,10 @@ class Worker:
         if evicted > self._evicted_seen:
             m.sensors_evicted.inc(evicted - self._evicted_seen)
             self._evicted_seen = evicted
+        resets = self.detector.resets_total
+        if resets > self._resets_seen:
+            m.sensor_resets.inc(resets - self._resets_seen)
+            self._resets_seen = resets
 
     # -- rebalances -----------------------------------------------------------------
     def _on_assign(self, partitions: list[Partition]) -> None:

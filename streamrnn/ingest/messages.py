@@ -30,8 +30,10 @@ class MessageParams:
     """How to read a reading out of each JSON message."""
 
     sensor_field: str = Field(default="sensor_id", min_length=1, description="JSON field holding the sensor id.")
-    time_field: str = Field(default="ts", min_length=1, description="JSON field holding the timestamp: epoch s, epoch ms or ISO-8601.")
+    time_field: str = Field(default="ts", min_length=1, description="JSON field holding the timestamp: epoch s, ms, µs or ns (told apart by magnitude) or ISO-8601.")
     value_field: str = Field(default="value", min_length=1, description="JSON field holding the numeric value.")
+    max_clock_skew_seconds: float = Field(default=3600.0, ge=0, description="A reading dated more than this ahead of the worker's clock is dead-lettered as future_timestamp, so one bad clock cannot silence its sensor (0 disables).")
+    max_sensor_id_length: int = Field(default=256, ge=1, description="Longer sensor ids are dead-lettered as bad_sensor_id.")
     out_of_order: Literal["drop", "dead_letter"] = Field(default="drop", description="What to do with a reading at or before its sensor's last timestamp (replays after a crash are expected, so the default counts and drops them).")
 
 
@@ -44,6 +46,8 @@ class Reason(str, Enum):
     NON_NUMERIC_VALUE = "non_numeric_value"
     NON_FINITE_VALUE = "non_finite_value"
     BAD_TIMESTAMP = "bad_timestamp"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    BAD_SENSOR_ID = "bad_sensor_id"
     OUT_OF_ORDER = "out_of_order"
 
 
@@ -90,8 +94,11 @@ class MessageDecoder:
         self.time_field = params.time_field
         self.value_field = params.value_field
 
-    def decode(self, payloads: Iterable[bytes | None]) -> DecodedBatch:
+    def decode(self, payloads: Iterable[bytes | None], *, now: float | None = None) -> DecodedBatch:
         """Decode a batch of message values; never raises for bad input.
+
+        ``now`` (epoch seconds) enables the clock bound: readings dated more than
+        ``max_clock_skew_seconds`` after it are rejected (offline files pass none).
 
         One pass in Python takes each message's fields apart; timestamps are then
         converted for the whole batch at once (numbers with numpy, texts with the
@@ -109,6 +116,7 @@ class MessageDecoder:
         index, ids, values = out.index, out.sensor_ids, out.values
         raw_ts: list[Any] = []
         isfinite = math.isfinite
+        max_id = self.params.max_sensor_id_length
         for i, obj in enumerate(objs):
             try:
                 sid, t, v = obj[sf], obj[tf], obj[vf]
@@ -117,6 +125,16 @@ class MessageDecoder:
                 continue
             if sid is None or sid == "" or t is None or v is None:
                 self._reject_shape(i, obj, rej)
+                continue
+            tid = type(sid)
+            if tid is str:
+                if len(sid) > max_id:
+                    rej(Rejection(i, Reason.BAD_SENSOR_ID, f"{sf} of {len(sid)} characters, at most {max_id}"))
+                    continue
+            elif tid is int or (tid is float and isfinite(sid)):
+                sid = str(sid)
+            else:  # objects, lists, booleans, NaN: not a name anyone gave a sensor
+                rej(Rejection(i, Reason.BAD_SENSOR_ID, f"{sf}={sid!r:.80} is not a string or number"))
                 continue
             if type(v) is float:
                 value = v
@@ -132,10 +150,11 @@ class MessageDecoder:
                 rej(Rejection(i, Reason.NON_FINITE_VALUE, f"{vf}={v!r:.80}"))
                 continue
             index.append(i)
-            ids.append(sid if type(sid) is str else str(sid))
+            ids.append(sid)
             values.append(value)
             raw_ts.append(t)
-        self._timestamps(out, raw_ts)
+        skew = self.params.max_clock_skew_seconds
+        self._timestamps(out, raw_ts, latest=now + skew if now is not None and skew > 0 else None)
         return out
 
     def _reject_shape(self, i: int, obj: Any, rej: Callable[[Rejection], None]) -> None:
@@ -162,9 +181,9 @@ class MessageDecoder:
             return _FAILED
 
     @staticmethod
-    def _timestamps(out: DecodedBatch, raw_ts: list[Any]) -> None:
+    def _timestamps(out: DecodedBatch, raw_ts: list[Any], *, latest: float | None) -> None:
         """Epoch seconds of the readings' raw timestamps; readings whose timestamp is not
-        one are rejected (their detail says why, from the scalar parser)."""
+        one (the scalar parser's message says why) or is after ``latest`` are rejected."""
         n = len(raw_ts)
         ts = np.full(n, np.nan)
         texts: list[int] = []
@@ -178,23 +197,27 @@ class MessageDecoder:
         ts[numbers] = epoch_numbers(ts[numbers])
         if texts:
             ts[texts] = parse_timestamps(pa.array([raw_ts[k] for k in texts], type=pa.string()))
-        bad = np.flatnonzero(~np.isfinite(ts))
-        if len(bad):
-            keep = np.ones(n, dtype=bool)
-            keep[bad] = False
-            for k in bad.tolist():
-                try:
-                    parse_timestamp(raw_ts[k])
-                    detail = f"timestamp {raw_ts[k]!r:.80} out of range"
-                except (TypeError, ValueError, OverflowError) as e:
-                    detail = str(e)[:200]
-                out.rejections.append(Rejection(out.index[k], Reason.BAD_TIMESTAMP, detail))
-            out.rejections.sort(key=lambda r: r.index)
-            out.index = [i for i, k in zip(out.index, keep.tolist(), strict=True) if k]
-            out.sensor_ids = [s for s, k in zip(out.sensor_ids, keep.tolist(), strict=True) if k]
-            out.values = [v for v, k in zip(out.values, keep.tolist(), strict=True) if k]
-            ts = ts[keep]
-        out.ts = ts.tolist()
+        bad = ~np.isfinite(ts)
+        future = ts > latest if latest is not None else np.zeros(n, dtype=bool)
+        if not (bad.any() or future.any()):
+            out.ts = ts.tolist()
+            return
+        for k in np.flatnonzero(bad).tolist():
+            try:
+                parse_timestamp(raw_ts[k])
+                detail = f"timestamp {raw_ts[k]!r:.80} out of range"
+            except (TypeError, ValueError, OverflowError) as e:
+                detail = str(e)[:200]
+            out.rejections.append(Rejection(out.index[k], Reason.BAD_TIMESTAMP, detail))
+        for k in np.flatnonzero(future).tolist():
+            out.rejections.append(Rejection(out.index[k], Reason.FUTURE_TIMESTAMP,
+                                            f"timestamp {raw_ts[k]!r:.80} is {ts[k] - (latest or 0.0):.0f} s past the clock bound"))
+        out.rejections.sort(key=lambda r: r.index)
+        keep = (~bad & ~future).tolist()
+        out.index = [i for i, k in zip(out.index, keep, strict=True) if k]
+        out.sensor_ids = [s for s, k in zip(out.sensor_ids, keep, strict=True) if k]
+        out.values = [v for v, k in zip(out.values, keep, strict=True) if k]
+        out.ts = ts[np.asarray(keep, dtype=bool)].tolist()
 
 
 _FAILED = object()  # a message that is not JSON (already rejected)

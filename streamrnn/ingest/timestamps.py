@@ -15,23 +15,38 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["epoch_numbers", "epoch_or_nan", "parse_timestamp", "parse_timestamps"]
+__all__ = ["LATEST", "UNIT_BOUNDS", "epoch_numbers", "epoch_or_nan", "parse_timestamp", "parse_timestamps"]
 
-# Epoch values above this are milliseconds: 1e11 s is the year 5138, 1e11 ms is 1973.
-_MS_CUTOFF = 1e11
+# Epoch numbers are told apart by magnitude (the producer's unit is not in the message):
+# below 1e11 seconds, then milliseconds, microseconds and nanoseconds, each range
+# spanning the years 1973 to 5138 once converted; 1e20 and above is no timestamp.
+UNIT_BOUNDS = (1e11, 1e14, 1e17, 1e20)
+_UNITS = (1.0, 1e3, 1e6, 1e9)
+# Times before the epoch or from the year 10000 on are no reading's.
+LATEST = 253402300800.0  # 10000-01-01T00:00:00Z
 
 
 def _epoch_number(x: float) -> float:
-    if not math.isfinite(x) or x < 0:
+    if not math.isfinite(x) or x < 0 or x >= UNIT_BOUNDS[-1]:
         raise ValueError(f"timestamp {x!r} out of range")
-    return x / 1000.0 if x >= _MS_CUTOFF else x
+    for bound, unit in zip(UNIT_BOUNDS, _UNITS, strict=True):
+        if x < bound:
+            return x / unit
+    raise AssertionError("unreachable")
+
+
+def _in_range(t: float, raw: Any) -> float:
+    if not 0.0 <= t < LATEST:
+        raise ValueError(f"timestamp {raw!r} before 1970 or after 9999")
+    return t
 
 
 def parse_timestamp(raw: Any) -> float:
-    """Epoch seconds (UTC) from epoch seconds, epoch milliseconds or ISO-8601.
+    """Epoch seconds (UTC) from epoch seconds, milliseconds, microseconds or
+    nanoseconds (by magnitude, see :data:`UNIT_BOUNDS`) or ISO-8601.
 
     Numeric strings count as numbers. ISO-8601 without an offset is taken as UTC.
-    Raises ``ValueError`` when the value is none of these.
+    Raises ``ValueError`` when the value is none of these, or is before 1970.
     """
     if isinstance(raw, bool):
         raise ValueError("boolean is not a timestamp")
@@ -49,7 +64,7 @@ def parse_timestamp(raw: Any) -> float:
             raise ValueError(f"cannot parse timestamp {raw!r}") from None
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=timezone.utc)
-        return dt.timestamp()
+        return _in_range(dt.timestamp(), raw)
     raise ValueError(f"timestamp of type {type(raw).__name__}")
 
 
@@ -67,8 +82,8 @@ _NUMBER = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
 def parse_timestamps(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """:func:`epoch_or_nan` of a whole column of timestamp texts, vectorised.
 
-    The same rules as the per-message parser: numbers (epoch seconds or, from 1e11 on,
-    milliseconds), else ISO-8601 (no offset means UTC); NaN for anything else. Texts
+    The same rules as the per-message parser: numbers (epoch seconds, milliseconds,
+    microseconds or nanoseconds by magnitude), else ISO-8601 (no offset means UTC); NaN for anything else. Texts
     the vectorised ISO parser does not take are tried one by one with
     :func:`parse_timestamp`, so both agree on every input.
     """
@@ -88,14 +103,17 @@ def parse_timestamps(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
         out[rest[ok]] = us[ok] / 1e6  # whole microseconds over 1e6, as datetime.timestamp() divides them
         for i in rest[~ok].tolist():  # what the vectorised parsers left: the scalar rules decide
             out[i] = epoch_or_nan(trimmed[i].as_py())
+    with np.errstate(invalid="ignore"):
+        out[~((out >= 0.0) & (out < LATEST))] = np.nan
     return out
 
 
 def epoch_numbers(x: np.ndarray) -> np.ndarray:
     """:func:`_epoch_number` of an array (NaN where it would raise)."""
     with np.errstate(invalid="ignore"):
-        x = np.where(np.isfinite(x) & (x >= 0), x, np.nan)
-        return np.where(x >= _MS_CUTOFF, x / 1000.0, x)
+        x = np.where(np.isfinite(x) & (x >= 0) & (x < UNIT_BOUNDS[-1]), x, np.nan)
+        unit = np.select([x < b for b in UNIT_BOUNDS[:-1]], _UNITS[:-1], _UNITS[-1])
+        return x / unit
 
 
 def _iso_microseconds(words: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
