@@ -12,15 +12,18 @@ import pytest
 from streamrnn.core import AlertEvent, Detector, Transition
 from streamrnn.daemon.checkpoint import CheckpointCoordinator, CheckpointOutcome
 from streamrnn.daemon.metrics import WorkerMetrics
+from streamrnn.daemon.publisher import Publisher
 from streamrnn.daemon.stores.base import PartitionState
-from streamrnn.daemon.transport.base import Partition, TransportError
+from streamrnn.daemon.transport.base import Delivery, Partition, RecordView, TransportError
+from streamrnn.ingest.messages import Reason
 from streamrnn.lifecycle.artifacts import default_model_path, load_model
 
 A, B = ("sensors", 0), ("sensors", 1)
 
 
 class FakeTransport:
-    """The three things the coordinator needs from Kafka: flush, commit, read alerts back."""
+    """What the coordinator and the publisher need from Kafka: produce, flush, commit,
+    read alerts back. ``refuse`` records in a row get an error report at the flush."""
 
     def __init__(self, calls: list[str]) -> None:
         self.calls = calls
@@ -28,11 +31,28 @@ class FakeTransport:
         self.fail_flush = self.fail_commit = False
         self.alert_keys: set[tuple[str, float, str]] = set()
         self.read_back_from: dict[int, int] | None = None
+        self.refuse = 0
+        self.queued: list[tuple[str, bytes, object, object]] = []
+        self.stored: dict[str, list[bytes]] = {}
+
+    def produce(self, topic, key, value, headers=None, *, on_error=None, on_success=None) -> None:
+        self.queued.append((topic, value, on_error, on_success))
 
     def flush(self, timeout_s: float) -> None:
         self.calls.append("flush")
         if self.fail_flush:
             raise TransportError("broker unreachable")
+        queued, self.queued = self.queued, []
+        for topic, value, on_error, on_success in queued:
+            if self.refuse > 0:
+                self.refuse -= 1
+                if on_error:
+                    on_error(TransportError("NOT_ENOUGH_REPLICAS"))
+                continue
+            log = self.stored.setdefault(topic, [])
+            log.append(value)
+            if on_success:
+                on_success(Delivery(topic, 0, len(log) - 1))
 
     def commit(self, offsets: dict[Partition, int]) -> None:
         self.calls.append("commit")
@@ -81,13 +101,35 @@ def model():
     return load_model(default_model_path())
 
 
-def setup(model, incremental: bool = False, position: dict[int, int] | None = None):
+class StaticOutbox:
+    """An outbox whose alerts stand at fixed offsets and whose records were all stored."""
+
+    def __init__(self, position: dict[int, int]) -> None:
+        self.position = position
+
+    def alerts_position(self) -> dict[int, int]:
+        return dict(self.position)
+
+    def refused(self) -> int:
+        return 0
+
+    def redeliver(self) -> int:
+        return 0
+
+
+def setup(model, incremental: bool = False, position: dict[int, int] | None = None, outbox=None):
     calls: list[str] = []
     det = Detector(model.model, version=model.version)
     transport, store = FakeTransport(calls), MemoryStore(calls, incremental)
     coord = CheckpointCoordinator(detector=det, store=store, transport=transport, alerts_topic="alerts",
-                                  alerts_position=lambda: dict(position or {}), interval_seconds=0.0, metrics=WorkerMetrics())
+                                  outbox=outbox(transport) if outbox else StaticOutbox(position or {}),
+                                  interval_seconds=0.0, metrics=WorkerMetrics())
     return det, transport, store, coord, calls
+
+
+def publisher(transport: FakeTransport) -> Publisher:
+    return Publisher(transport, alerts_topic="alerts", dead_letter_topic="dlq", sinks=[], metrics=WorkerMetrics(),
+                     log_alerts=False)
 
 
 def feed(det: Detector, coord: CheckpointCoordinator, tp: Partition, sensors: list[str], t0: int, n: int) -> None:
@@ -120,6 +162,23 @@ def test_unacknowledged_records_postpone_the_save_and_the_commit(model) -> None:
     assert coord.pending == {A: 10}  # retried at the next checkpoint
     transport.fail_flush = False
     assert coord.checkpoint() is CheckpointOutcome.SAVED and transport.committed == {A: 10}
+
+
+def test_refused_records_are_sent_again_and_hold_the_checkpoint_until_stored(model) -> None:
+    det, transport, store, coord, calls = setup(model, outbox=publisher)
+    out = coord.outbox
+    feed(det, coord, A, ["a1"], 0, 10)
+    ev = AlertEvent(sensor_id="a1", ts=540.0, value=1.0, forecast=0.0, residual=1.0, anomaly_score=0.9, threshold=0.35,
+                    model_version="m", event=Transition.OPEN, opened_ts=540.0, peak_score=0.9)
+    out.alert(ev, 0)
+    out.dead_letter(RecordView("sensors", 0, 3, b"k", b"{oops"), Reason.NOT_JSON, "not JSON")
+    transport.refuse = 3  # both at the flush, and the alert once more when sent again
+    assert coord.checkpoint() is CheckpointOutcome.FLUSH_FAILED
+    assert calls == ["flush", "flush"] and store.saved == {} and transport.committed == {}
+    assert coord.pending == {A: 10} and out.refused() == 1 and transport.stored == {"dlq": [b"{oops"]}
+    assert coord.checkpoint() is CheckpointOutcome.SAVED
+    assert transport.committed == {A: 10} and out.refused() == 0
+    assert len(transport.stored["alerts"]) == 1 and store.saved[A].meta["alerts_next"] == {"0": 1}
 
 
 def test_a_failed_save_commits_nothing(model) -> None:

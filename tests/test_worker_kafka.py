@@ -116,7 +116,7 @@ def test_malformed_messages_go_to_the_dead_letter_topic(kafka: EmbeddedBroker, t
     for reason, ms in bad.items():
         assert w.metric("streamrnn_dead_letters_total", {"reason": reason}) == len(ms), reason
     assert w.metric("streamrnn_readings_scored_total") == len(good)
-    assert w.metric("streamrnn_sensor_state_resets_total") == 1
+    assert w.metric("streamrnn_sensor_resets_total", {"reason": "non_finite_state"}) == 1
     dl = consume_all(kafka, f"{topic}-dlq", expect=expected)
     assert w.terminate() == 0
 

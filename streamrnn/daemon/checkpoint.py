@@ -3,7 +3,8 @@
 At every checkpoint the :class:`CheckpointCoordinator`
 
 1. flushes the producer, so every alert and dead letter produced so far is
-   acknowledged by the broker (or the checkpoint is postponed),
+   acknowledged by the broker; records it refused are sent again once, and while any
+   is still refused the checkpoint is postponed (state unsaved, offsets uncommitted),
 2. saves the state of each partition that received readings, with the offset it
    reflects and how far the alerts topic had been written,
 3. and only then commits those offsets.
@@ -19,8 +20,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from enum import Enum
+from typing import Protocol
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from .metrics import WorkerMetrics
 from .stores.base import CheckpointError, PartitionState, StateStore
 from .transport.base import Partition, Transport, TransportError
 
-__all__ = ["CheckpointCoordinator", "CheckpointOutcome"]
+__all__ = ["CheckpointCoordinator", "CheckpointOutcome", "Outbox"]
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +50,31 @@ class CheckpointOutcome(str, Enum):
         return self in (CheckpointOutcome.SAVED, CheckpointOutcome.NOTHING_NEW)
 
 
+class Outbox(Protocol):
+    """What the coordinator needs of the records the worker sends out (the publisher)."""
+
+    def alerts_position(self) -> dict[int, int]:
+        """Per alerts-topic partition, the offset after the last acknowledged alert."""
+
+    def refused(self) -> int:
+        """How many records the broker refused and have not been sent again."""
+
+    def redeliver(self) -> int:
+        """Send every refused record again; returns how many."""
+
+
 class CheckpointCoordinator:
     """Saves, commits, restores and forgets partition state for one worker."""
 
     def __init__(self, *, detector: Detector, store: StateStore, transport: Transport, alerts_topic: str,
-                 alerts_position: Callable[[], dict[int, int]], interval_seconds: float, metrics: WorkerMetrics) -> None:
-        """``alerts_position`` says how far each alerts-topic partition is acknowledged (saved with the state)."""
+                 outbox: Outbox, interval_seconds: float, metrics: WorkerMetrics) -> None:
+        """``outbox`` says how far each alerts-topic partition is acknowledged (saved with
+        the state) and which records were refused."""
         self.detector = detector
         self.store = store
         self.transport = transport
         self.alerts_topic = alerts_topic
-        self.alerts_position = alerts_position
+        self.outbox = outbox
         self.interval_seconds = interval_seconds
         self.metrics = metrics
         self._part_ids: dict[Partition, int] = {}
@@ -115,10 +130,21 @@ class CheckpointCoordinator:
             # Alerts not acknowledged yet: keep the old state so a crash replays them.
             log.warning("producer flush failed, checkpoint postponed: %s", e)
             return CheckpointOutcome.FLUSH_FAILED
+        if self.outbox.refused():
+            sent = self.outbox.redeliver()
+            try:
+                self.transport.flush(_FLUSH_TIMEOUT_S)
+            except TransportError as e:
+                log.warning("producer flush failed, checkpoint postponed: %s", e)
+                return CheckpointOutcome.FLUSH_FAILED
+            still = self.outbox.refused()
+            if still:
+                log.warning("%d of %d refused records refused again, checkpoint postponed", still, sent)
+                return CheckpointOutcome.FLUSH_FAILED
         t0 = time.perf_counter()
         bank = self.detector.bank
         meta = {"model_version": self.detector.model_version,
-                "alerts_next": {str(p): o for p, o in self.alerts_position().items()}}
+                "alerts_next": {str(p): o for p, o in self.outbox.alerts_position().items()}}
         states = {}
         for tp, (ids, slots) in self._owned(list(todo)).items():
             if self.store.incremental:

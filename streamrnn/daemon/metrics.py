@@ -32,7 +32,7 @@ class WorkerMetrics:
         self.batch_seconds = Histogram("streamrnn_scoring_batch_duration_seconds", "Time to score one poll batch.", buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("streamrnn_scoring_batch_readings", "Readings in one scored batch.", buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 50000), registry=r)
         self.active_sensors = Gauge("streamrnn_active_sensors", "Sensors held in the state bank.", registry=r)
-        self.sensor_resets = Counter("streamrnn_sensor_state_resets", "Sensors whose state became non-finite (values near the float range) and was started afresh.", registry=r)
+        self.sensor_resets = Counter("streamrnn_sensor_resets", "Sensors whose state was started afresh, by reason (non_finite_state: values near the float range overflowed it).", ["reason"], registry=r)
         self.sensors_evicted = Counter("streamrnn_sensors_evicted", "Sensors evicted from the state bank (least recently seen beyond max_sensors).", registry=r)
         self.model_info = Gauge("streamrnn_model_info", "Serving model version (value 1).", ["version"], registry=r)
         self.checkpoint_seconds = Histogram("streamrnn_checkpoint_duration_seconds", "Time to write a state checkpoint.", buckets=_LATENCY_BUCKETS, registry=r)

@@ -5,14 +5,16 @@ every configured sink (best effort) and to the log. A rejected message goes to t
 dead-letter topic with its original key and bytes and the reason in headers (Kafka
 Connect's convention). Delivery reports come back on the producer's thread: the
 publisher keeps how far each alerts-topic partition has been acknowledged (saved with
-the state, for de-duplication after a replay) and counts what failed.
+the state, for de-duplication after a replay), counts what failed, and keeps every
+refused record to send again: the checkpoint waits until none is left, so offsets are
+never committed past an alert or dead letter the broker has not stored.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from typing import NamedTuple
 
 import orjson
 
@@ -28,6 +30,14 @@ log = logging.getLogger(__name__)
 alert_log = logging.getLogger("streamrnn.alerts")
 
 
+class _Outgoing(NamedTuple):
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] | None
+    kind: str  # "alert" or "dead_letter"
+
+
 class Publisher:
     """Publishes alert events and dead letters through one transport."""
 
@@ -40,6 +50,7 @@ class Publisher:
         self.metrics = metrics
         self.log_alerts = log_alerts
         self._alerts_next: dict[int, int] = {}
+        self._refused: list[_Outgoing] = []
         self._lock = threading.Lock()
 
     def dead_letter(self, rec: Record, reason: Reason, detail: str) -> None:
@@ -51,14 +62,13 @@ class Publisher:
             ("streamrnn.partition", str(rec.partition).encode()),
             ("streamrnn.offset", str(rec.offset).encode()),
         ]
-        self.transport.produce(self.dead_letter_topic, rec.key, rec.value if rec.value is not None else b"", headers,
-                               on_error=self._failed("dead_letter"))
+        self._send(_Outgoing(self.dead_letter_topic, rec.key, rec.value if rec.value is not None else b"", headers,
+                             "dead_letter"))
         self.metrics.dead_letters.labels(reason=reason.value).inc()
 
     def alert(self, ev: AlertEvent, partition: int) -> None:
         """Publish one alert event (topic, sinks, log); ``partition`` is its reading's partition."""
-        self.transport.produce(self.alerts_topic, ev.sensor_id.encode(), orjson.dumps(ev.to_dict()),
-                               on_error=self._failed("alert"), on_success=self._alert_acked)
+        self._send(_Outgoing(self.alerts_topic, ev.sensor_id.encode(), orjson.dumps(ev.to_dict()), None, "alert"))
         self.metrics.alert_events.labels(event=ev.event.value).inc()
         for sink in self.sinks:
             sink.submit(ev)
@@ -79,8 +89,25 @@ class Publisher:
             if d.offset + 1 > self._alerts_next.get(d.partition, 0):
                 self._alerts_next[d.partition] = d.offset + 1
 
-    def _failed(self, kind: str) -> Callable[[Exception], None]:
-        def errback(exc: Exception) -> None:
-            self.metrics.produce_errors.labels(topic_kind=kind).inc()
-            log.error("failed to deliver %s record: %s", kind, exc)
-        return errback
+    def refused(self) -> int:
+        """How many records the broker refused and have not been sent again."""
+        with self._lock:
+            return len(self._refused)
+
+    def redeliver(self) -> int:
+        """Send every refused record again (their reports come as for the first try);
+        returns how many."""
+        with self._lock:
+            again, self._refused = self._refused, []
+        for out in again:
+            self._send(out)
+        return len(again)
+
+    def _send(self, out: _Outgoing) -> None:
+        def refused(exc: Exception) -> None:  # on the producer's I/O thread
+            self.metrics.produce_errors.labels(topic_kind=out.kind).inc()
+            log.error("failed to deliver %s record (kept to send again): %s", out.kind, exc)
+            with self._lock:
+                self._refused.append(out)
+        self.transport.produce(out.topic, out.key, out.value, out.headers, on_error=refused,
+                               on_success=self._alert_acked if out.kind == "alert" else None)

@@ -104,7 +104,12 @@ class Worker:
                 self.models.tick(self._scored_total)
                 if self.checkpoints.due():
                     self._checkpoint()
-            self._checkpoint()
+            if not self._checkpoint():
+                # what was scored since the last good checkpoint is replayed by the next
+                # start; say so to whoever supervises the process
+                log.error("final checkpoint failed (%s): offsets since the last one are not committed",
+                          self.checkpoints.pending)
+                return 1
             return 0
         finally:
             self._close()
@@ -131,7 +136,7 @@ class Worker:
         assert self.store is not None
         self.checkpoints = CheckpointCoordinator(
             detector=self.detector, store=self.store, transport=transport, alerts_topic=self.cfg.kafka.alerts_topic,
-            alerts_position=self.publisher.alerts_position, interval_seconds=self.cfg.state.checkpoint_interval_seconds,
+            outbox=self.publisher, interval_seconds=self.cfg.state.checkpoint_interval_seconds,
             metrics=self.metrics)
         return True
 
@@ -203,7 +208,7 @@ class Worker:
             self._evicted_seen = evicted
         resets = self.detector.resets_total
         if resets > self._resets_seen:
-            m.sensor_resets.inc(resets - self._resets_seen)
+            m.sensor_resets.labels(reason="non_finite_state").inc(resets - self._resets_seen)
             self._resets_seen = resets
 
     # -- rebalances -----------------------------------------------------------------

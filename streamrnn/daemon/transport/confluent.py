@@ -169,6 +169,10 @@ class ConfluentTransport:
         """Commit ``next offset to read`` per partition, synchronously."""
         if not offsets:
             return
+        if not self.broker_reachable():
+            # librdkafka's synchronous commit waits out its request timeouts when no
+            # broker answers, and the poll loop (and the broker_up report) with it
+            raise TransportError("commit skipped: no broker reachable")
         try:
             done = self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
         except KafkaException as e:
