@@ -117,6 +117,10 @@ def test_malformed_messages_go_to_the_dead_letter_topic(kafka: EmbeddedBroker, t
         assert w.metric("streamrnn_dead_letters_total", {"reason": reason}) == len(ms), reason
     assert w.metric("streamrnn_readings_scored_total") == len(good)
     assert w.metric("streamrnn_sensor_resets_total", {"reason": "non_finite_state"}) == 1
+    # every consumed message is exactly one of scored, dead-lettered or dropped
+    accounted = sum(w.metric(m) for m in ("streamrnn_readings_scored_total", "streamrnn_dead_letters_total",
+                                          "streamrnn_readings_dropped_total"))
+    assert accounted == w.metric("streamrnn_messages_consumed_total") == len(msgs)
     dl = consume_all(kafka, f"{topic}-dlq", expect=expected)
     assert w.terminate() == 0
 
