@@ -104,10 +104,10 @@ class Publisher:
         return len(again)
 
     def _send(self, out: _Outgoing) -> None:
-        def refused(exc: Exception) -> None:  # on the producer's I/O thread
+        def on_refused(exc: Exception) -> None:  # on the producer's I/O thread
             self.metrics.produce_errors.labels(topic_kind=out.kind).inc()
             log.error("failed to deliver %s record (kept to send again): %s", out.kind, exc)
             with self._lock:
                 self._refused.append(out)
-        self.transport.produce(out.topic, out.key, out.value, out.headers, on_error=refused,
+        self.transport.produce(out.topic, out.key, out.value, out.headers, on_error=on_refused,
                                on_success=self._alert_acked if out.kind == "alert" else None)
