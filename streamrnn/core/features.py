@@ -24,13 +24,13 @@ from numba import njit
 from .halflife import halflife_weight
 from .state import Column
 
-__all__ = ["GLITCH", "N_FEATURES", "ROBUST_AFTER", "Z_CLIP", "FeatureBuilder", "normalise", "norm_std", "replay_features", "series_features"]
+__all__ = ["GLITCH", "GLITCH_AFTER", "N_FEATURES", "Z_CLIP", "FeatureBuilder", "normalise", "norm_std", "replay_features", "series_features"]
 
 N_FEATURES = 6
 Z_CLIP = 10.0
 # The glitch rule below starts once the normaliser has this many readings: before
 # that its scale is a plain average of the little the sensor has shown.
-ROBUST_AFTER = 16
+GLITCH_AFTER = 16
 # A reading more than GLITCH scales from the mean, when its predecessor was not, is a
 # glitch: it is scored, but neither the normaliser nor any evidence learns from it
 # (they would otherwise take one absurd value for the sensor's normal and stay blind
@@ -90,7 +90,7 @@ def normalise(r: np.void, t: float, v: float, x: np.ndarray, alpha_min: float) -
     alpha = max(1.0 / n, alpha_min)
     delta = v - mean
     glitch = False
-    if count >= ROBUST_AFTER:
+    if count >= GLITCH_AFTER:
         beyond = abs(delta) > GLITCH * norm_std(mean, var)
         glitch = beyond and r["beyond"] == 0
         r["beyond"] = 1 if beyond else 0

@@ -198,7 +198,8 @@ class MessageDecoder:
         if texts:
             ts[texts] = parse_timestamps(pa.array([raw_ts[k] for k in texts], type=pa.string()))
         bad = ~np.isfinite(ts)
-        future = ts > latest if latest is not None else np.zeros(n, dtype=bool)
+        bound = math.inf if latest is None else latest
+        future = ts > bound
         if not (bad.any() or future.any()):
             out.ts = ts.tolist()
             return
@@ -211,13 +212,14 @@ class MessageDecoder:
             out.rejections.append(Rejection(out.index[k], Reason.BAD_TIMESTAMP, detail))
         for k in np.flatnonzero(future).tolist():
             out.rejections.append(Rejection(out.index[k], Reason.FUTURE_TIMESTAMP,
-                                            f"timestamp {raw_ts[k]!r:.80} is {ts[k] - (latest or 0.0):.0f} s past the clock bound"))
+                                            f"timestamp {raw_ts[k]!r:.80} is {ts[k] - bound:.0f} s past the clock bound"))
         out.rejections.sort(key=lambda r: r.index)
-        keep = (~bad & ~future).tolist()
+        good = ~bad & ~future
+        keep = good.tolist()
         out.index = [i for i, k in zip(out.index, keep, strict=True) if k]
         out.sensor_ids = [s for s, k in zip(out.sensor_ids, keep, strict=True) if k]
         out.values = [v for v, k in zip(out.values, keep, strict=True) if k]
-        out.ts = ts[np.asarray(keep, dtype=bool)].tolist()
+        out.ts = ts[good].tolist()
 
 
 _FAILED = object()  # a message that is not JSON (already rejected)
