@@ -95,8 +95,9 @@ def range_step(r: np.void, v: float, scale: float, mean: float, n: int, toleranc
         p0 = 2.0 / min(max(float(n), 2.0), memory)
         s = scale if math.isfinite(scale) and scale > 0 else math.inf
         p = p0 * math.exp(-excess / s)
-    lo = min(lo, v)
-    hi = max(hi, v)
+    if widen:
+        lo = min(lo, v)
+        hi = max(hi, v)
     if alpha:
         m = mean if math.isfinite(mean) else v
         lo, hi = lo + alpha * (min(m, hi) - lo), hi + alpha * (max(m, lo) - hi)

@@ -111,6 +111,14 @@ def normalise(r: np.void, t: float, v: float, x: np.ndarray, alpha_min: float) -
 
 
 @njit(cache=True)
+def in_place_of_glitch(x: np.ndarray, forecast: float, mean: float, std: float) -> None:
+    """Show the network the value it forecast instead of a glitch, so its state stays on
+    the sensor's track (``x`` as :func:`normalise` filled it)."""
+    if math.isfinite(forecast):
+        x[0] = _clip((forecast - mean) / std, Z_CLIP)
+
+
+@njit(cache=True)
 def replay_features(r: np.void, ts: np.ndarray, values: np.ndarray, n: int, x: np.ndarray) -> None:
     """Features ``x [n, F]`` of past readings with the sensor's *current* normaliser.
 

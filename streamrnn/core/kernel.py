@@ -22,7 +22,7 @@ from numba import njit
 
 from .alerts import AlertKnobs, alert_step
 from .evidence import PATTERN_LENGTH
-from .features import N_FEATURES, norm_std, normalise, replay_features, time_features
+from .features import N_FEATURES, in_place_of_glitch, norm_std, normalise, replay_features, time_features
 from .forecaster import GRUScratch, GRUWeights, gru_step
 from .scoring import ScoringKnobs, score_step
 
@@ -76,12 +76,14 @@ def score_batch(rows: np.ndarray, raw: np.ndarray, fresh: np.ndarray, order: np.
         fc_std = r["fc_std"]
         fc_scale = r["fc_scale"]  # the normalising scale when it was made
         mean, std, glitch = normalise(r, t, v, x, norm_alpha)
+        if glitch:
+            in_place_of_glitch(x, fc_mean, mean, std)
         count = r["count"]
         hist = r["hist_v"]
         length = hist.shape[0]
         if length:
             pos = r["hist_n"] % length
-            hist[pos] = v
+            hist[pos] = fc_mean if glitch and math.isfinite(fc_mean) else v  # the ring is training data
             r["hist_t"][pos] = t
             r["hist_n"] += 1
         mz, logvar = gru_step(r["h"], x, weights, scratch)
