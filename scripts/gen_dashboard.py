@@ -22,7 +22,7 @@ PANELS = [
     ("Batch scoring latency", "timeseries", "s", [
         (f"histogram_quantile(0.5, sum by (le) (rate(streamrnn_scoring_batch_duration_seconds_bucket[{R}])))", "p50"),
         (f"histogram_quantile(0.99, sum by (le) (rate(streamrnn_scoring_batch_duration_seconds_bucket[{R}])))", "p99")], 12),
-    ("Alert events", "timeseries", "short", [(f"sum by (event) (increase(streamrnn_alert_events_total[{R}]))", "{{event}}")], 12),
+    ("Alert events", "timeseries", "short", [(f"sum by (event, kind) (increase(streamrnn_alert_events_total[{R}]))", "{{kind}} {{event}}")], 12),
     ("Most anomalous sensors (latest score)", "table", "percentunit", [("topk(10, max by (sensor_id) (streamrnn_top_sensor_anomaly_score))", "{{sensor_id}}")], 8),
     ("Model version", "stat", "none", [("max by (version) (streamrnn_model_info)", "{{version}}")], 4),
     ("Active sensors", "stat", "short", [("sum(streamrnn_active_sensors)", "sensors")], 4),

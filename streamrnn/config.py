@@ -127,7 +127,8 @@ class SinkConfig(_Section):
     backoff_max_seconds: float = Field(default=30.0, gt=0, description="Cap of the wait between retries.")
     headers: dict[str, SecretStr] = Field(default_factory=dict, description="Extra HTTP headers, e.g. Authorization: \"Bearer ${TOKEN}\".")
     labels: dict[str, str] = Field(default_factory=dict, description="Static labels added to Alertmanager alerts (e.g. team, site).")
-    alertname: str = Field(default="StreamrnnAnomaly", min_length=1, description="Alertmanager alertname label.")
+    alertname: str = Field(default="StreamrnnAnomaly", min_length=1, description="Alertmanager alertname label of anomaly alerts.")
+    no_data_alertname: str = Field(default="StreamrnnNoData", min_length=1, description="Alertmanager alertname label of no_data alerts (a sensor went silent).")
     resend_interval_seconds: float = Field(default=60.0, gt=0, description="Alertmanager: re-send open alerts this often so they do not time out.")
     generator_url: str | None = Field(default=None, description="Alertmanager: link shown with the alert (e.g. the Grafana dashboard).")
 
@@ -137,7 +138,8 @@ class AlertsConfig(AlertParams):
     """When an anomaly score becomes an alert, and where alerts go beside the alerts topic."""
 
     log: bool = Field(default=True, description="Also log each alert event.")
-    severity_bands: dict[str, float] = Field(default_factory=lambda: {"warning": 0.35, "critical": 0.9}, description="Severity label: the band with the highest minimum score the alert reaches (below all: info).")
+    severity_bands: dict[str, float] = Field(default_factory=lambda: {"warning": 0.35, "critical": 0.9}, description="Severity label of anomaly alerts: the band with the highest minimum score the alert reaches (below all: info).")
+    no_data_severity: str = Field(default="warning", min_length=1, description="Severity label of no_data alerts.")
     sinks: list[SinkConfig] = Field(default_factory=list, description="Alertmanager / webhook sinks beside the alerts topic.")
 
 

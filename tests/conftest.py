@@ -150,6 +150,48 @@ class WorkerProcess:
 
 
 @pytest.fixture
+def s3_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A local S3 (moto_server on loopback) with bucket ``tansu``: the environment that
+    points tansu's ``s3://tansu/`` storage at it. Stopped by PID at the end."""
+    import shutil
+    import urllib.error
+
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
+    if exe is None:
+        pytest.fail("moto_server is not installed (pip install -e '.[test]')")
+    port = free_port()
+    log = open(tmp_path / "moto.log", "wb")
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=1).read()
+                break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError(f"moto_server did not start: {(tmp_path / 'moto.log').read_text()[-2000:]}")
+                time.sleep(0.1)
+        env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+               "AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true"}
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                     aws_secret_access_key="test").create_bucket(Bucket="tansu")
+        yield env
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
 def run_worker(tmp_path: Path) -> Iterator:
     """Start workers from configs; every one is stopped at the end of the test."""
     started: list[WorkerProcess] = []

@@ -9,11 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamrnn.core import AlertEvent, Detector, Transition
+from streamrnn.core import AlertEvent, AlertKind, BankParams, Detector, Transition
 from streamrnn.daemon.checkpoint import CheckpointCoordinator, CheckpointOutcome
 from streamrnn.daemon.metrics import WorkerMetrics
 from streamrnn.daemon.publisher import Publisher
 from streamrnn.daemon.stores.base import PartitionState
+from streamrnn.daemon.stores.local import LocalStateStore
 from streamrnn.daemon.transport.base import Delivery, Partition, RecordView, TransportError
 from streamrnn.ingest.messages import Reason
 from streamrnn.lifecycle.artifacts import default_model_path, load_model
@@ -29,7 +30,7 @@ class FakeTransport:
         self.calls = calls
         self.committed: dict[Partition, int] = {}
         self.fail_flush = self.fail_commit = False
-        self.alert_keys: set[tuple[str, float, str]] = set()
+        self.alert_keys: set[tuple[str, float, str, str]] = set()
         self.read_back_from: dict[int, int] | None = None
         self.refuse = 0
         self.queued: list[tuple[str, bytes, object, object]] = []
@@ -60,7 +61,7 @@ class FakeTransport:
             raise TransportError("commit refused")
         self.committed.update(offsets)
 
-    def read_alert_keys(self, topic: str, from_offsets: dict[int, int], timeout: float = 30.0) -> set[tuple[str, float, str]]:
+    def read_alert_keys(self, topic: str, from_offsets: dict[int, int], timeout: float = 30.0) -> set[tuple[str, float, str, str]]:
         self.read_back_from = dict(from_offsets)
         return set(self.alert_keys)
 
@@ -74,6 +75,7 @@ class MemoryStore:
         self.saved: dict[Partition, PartitionState] = {}
         self.saves: list[dict[Partition, PartitionState]] = []
         self.fail = False
+        self.corrupt_total = 0
 
     def save(self, states: dict[Partition, PartitionState]) -> int:
         self.calls.append("save")
@@ -83,7 +85,7 @@ class MemoryStore:
         for tp, st in states.items():
             old = self.saved.get(tp)
             if self.incremental and old is not None:  # merge rows by sensor, as a changelog compacts
-                rows = {sid: r for sid, r in zip(old.ids, old.rows, strict=True)}
+                rows = {sid: r for sid, r in zip(old.ids, old.rows, strict=True) if sid not in st.removed}
                 rows.update({sid: r for sid, r in zip(st.ids, st.rows, strict=True)})
                 st = PartitionState(list(rows), np.array(list(rows.values()), dtype=st.rows.dtype), st.offset, st.meta)
             self.saved[tp] = st
@@ -236,13 +238,70 @@ def test_alerts_published_after_the_last_save_are_not_published_again(model) -> 
     coord.checkpoint()
     det2, transport2, _, coord2, _ = setup(model)
     coord2.store = store
-    transport2.alert_keys = {("a1", 660.0, "open")}
+    transport2.alert_keys = {("a1", 660.0, "open", "anomaly"), ("a1", 700.0, "open", "no_data")}
     coord2.assigned([A])
     assert transport2.read_back_from == {0: 40, 1: 7}  # read from the positions saved with the state
 
-    def event(ts: float, kind: Transition) -> AlertEvent:
-        return AlertEvent("a1", ts, 9.0, 1.0, 8.0, 1.0, 0.35, "v", kind, ts, 1.0)
+    def event(ts: float, transition: Transition, kind: AlertKind = AlertKind.ANOMALY) -> AlertEvent:
+        return AlertEvent("a1", ts, 9.0, 1.0, 8.0, 1.0, 0.35, "v", transition, ts, 1.0, kind)
 
+    assert not coord2.replayed(event(660.0, Transition.OPEN, AlertKind.NO_DATA))  # another alert at the same time
+    assert coord2.replayed(event(700.0, Transition.OPEN, AlertKind.NO_DATA))
     assert coord2.replayed(event(660.0, Transition.OPEN))
     assert not coord2.replayed(event(660.0, Transition.OPEN))  # recognised once only
     assert not coord2.replayed(event(900.0, Transition.RESOLVED))
+
+
+def metric(m: WorkerMetrics, name: str, labels: dict[str, str] | None = None) -> float:
+    return m.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+def test_evicted_sensors_are_tombstoned_in_an_incremental_store(model) -> None:
+    calls: list[str] = []
+    det = Detector(model.model, version=model.version, bank=BankParams(max_sensors=3, initial_capacity=3))
+    store = MemoryStore(calls, incremental=True)
+    coord = CheckpointCoordinator(detector=det, store=store, transport=FakeTransport(calls), alerts_topic="alerts",
+                                  outbox=StaticOutbox({}), interval_seconds=0.0, metrics=WorkerMetrics())
+    feed(det, coord, A, ["a1", "a2", "a3"], 0, 5)
+    assert coord.checkpoint()
+    feed(det, coord, B, ["b1"], 0, 5)  # the least recently seen of A's sensors makes room
+    feed(det, coord, A, ["a2", "a3"], 5, 5)
+    assert coord.checkpoint()
+    assert store.saves[-1][A].removed == ["a1"]
+    assert sorted(store.saved[A].ids) == ["a2", "a3"]  # a restore does not bring a1 back
+    feed(det, coord, A, ["a2"], 10, 2)
+    assert coord.checkpoint() and store.saves[-1][A].removed == []  # told once
+
+
+def test_a_store_that_cannot_write_holds_the_offsets_reports_and_recovers(model) -> None:
+    det, transport, store, coord, calls = setup(model)
+    feed(det, coord, A, ["a1"], 0, 10)
+    store.fail = True
+    assert coord.checkpoint() is CheckpointOutcome.SAVE_FAILED
+    assert coord.failing and transport.committed == {}
+    m = coord.metrics
+    assert metric(m, "streamrnn_checkpoint_failing") == 1
+    assert metric(m, "streamrnn_checkpoints_total", {"result": "save_failed"}) == 1
+    feed(det, coord, A, ["a1"], 10, 5)
+    store.fail = False
+    assert coord.checkpoint() is CheckpointOutcome.SAVED
+    assert not coord.failing and transport.committed == {A: 15}
+    assert metric(m, "streamrnn_checkpoint_failing") == 0
+
+
+def test_a_corrupt_partition_file_starts_its_sensors_fresh_and_is_counted(model, tmp_path) -> None:
+    det, transport, _, coord, _ = setup(model)
+    coord.store = LocalStateStore(tmp_path)
+    feed(det, coord, A, ["a1"], 0, 10)
+    feed(det, coord, B, ["b1"], 0, 10)
+    assert coord.checkpoint()
+    path = coord.store.path(A)
+    path.write_bytes(path.read_bytes()[:-40] + b"\0" * 40)  # torn or bit-rotted on disk
+
+    det2, _, _, coord2, _ = setup(model)
+    coord2.store = LocalStateStore(tmp_path)
+    coord2.assigned([A, B])
+    assert "a1" not in det2.bank and "b1" in det2.bank  # only the corrupt partition's sensors start fresh
+    assert metric(coord2.metrics, "streamrnn_state_corrupt_total") == 1
+    feed(det2, coord2, A, ["a1"], 10, 5)  # and the worker keeps serving them
+    assert det2.bank.row("a1")["count"] == 5

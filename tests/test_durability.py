@@ -168,3 +168,146 @@ def test_a_clean_restart_forecasts_from_the_saved_hidden_state(kafka: EmbeddedBr
     opens = [orjson.loads(x.value) for x in consume_all(kafka, f"{topic}-alerts", expect=1)]
     assert opens[0]["ts"] == 60.0 * 400
     assert opens[0]["forecast"] == pytest.approx(expected, rel=1e-6)
+
+
+def poll(check, timeout: float = 60.0, every: float = 0.2):
+    """Wait until ``check()`` returns something truthy; returns it (fails on timeout)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"condition not met in {timeout}s")
+
+
+def committed(kafka: EmbeddedBroker, group: str, topic: str) -> int:
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return sum(c.committed(TopicPartition(topic, p)) or 0 for p in range(PARTS))
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    """A 4 MiB tmpfs: a state directory that can fill up (mounting needs root)."""
+    import os
+    import subprocess
+
+    where = tmp_path / "small"
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)], capture_output=True, text=True)
+    if r.returncode != 0:
+        if os.environ.get("STREAMRNN_REQUIRE_OPS_TOOLS"):
+            pytest.fail(f"cannot mount a tmpfs: {r.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_state_directory_holds_offsets_and_the_worker_recovers(kafka: EmbeddedBroker, tmp_path: Path,
+                                                                      run_worker, small_tmpfs: Path) -> None:
+    topic = "diskfull"
+    kafka.create_topics({topic: PARTS, f"{topic}-alerts": 1, f"{topic}-dlq": 1})
+    df, msgs = stream(seed=9, sensors=20, ticks=600)
+    first, second = msgs[: len(msgs) // 2], msgs[len(msgs) // 2:]
+    cfg, port = worker_config(kafka, tmp_path, topic, state={"dir": str(small_tmpfs / "state"),
+                                                             "checkpoint_interval_seconds": 0.3})
+    w = run_worker(cfg, port)
+    produce(kafka, topic, first)
+    poll(lambda: committed(kafka, f"g-{topic}", topic) == len(first))
+
+    filler = small_tmpfs / "filler"
+    with open(filler, "wb") as f:  # take every free byte
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    produce(kafka, topic, second)
+    w.wait_metric("streamrnn_readings_scored_total", len(msgs))
+    poll(lambda: w.metric("streamrnn_checkpoint_failing") == 1)
+    status, body = w.get("/readyz")
+    assert status == 503 and body["checks"]["state_saved"] is False and body["checks"]["model_loaded"] is True
+    assert committed(kafka, f"g-{topic}", topic) == len(first)  # nothing past the last saved state
+    saved = LocalStateStore(small_tmpfs / "state").load([(topic, p) for p in range(PARTS)])
+    assert sum(st.offset for st in saved.values()) == len(first)  # the old state is still whole and readable
+
+    filler.unlink()
+    poll(lambda: w.metric("streamrnn_checkpoint_failing") == 0)
+    poll(lambda: committed(kafka, f"g-{topic}", topic) == len(msgs))
+    assert w.get("/readyz")[0] == 200
+    assert w.metric("streamrnn_checkpoints_total", {"result": "save_failed"}) >= 1
+    assert w.terminate() == 0
+    saved = LocalStateStore(small_tmpfs / "state").load([(topic, p) for p in range(PARTS)])
+    assert sum(st.offset for st in saved.values()) == len(msgs)
+
+
+def test_changelog_tombstones_and_corrupt_records(kafka: EmbeddedBroker) -> None:
+    from confluent_kafka import Producer
+
+    from streamrnn.config import KafkaConfig
+    from streamrnn.daemon.stores.base import PartitionState
+    from streamrnn.daemon.stores.changelog import ChangelogStateStore
+
+    mf = load_model(default_model_path())
+    det = Detector(mf.model, version=mf.version)
+    det.process(["a", "b", "c"] * 20, np.repeat(np.arange(20.0), 3), np.arange(60.0))
+    _, slots = det.bank.held()
+    topic, log = "readings", "tomb-changelog"
+    store = ChangelogStateStore(KafkaConfig(bootstrap_servers=[kafka.bootstrap]), topic=log,
+                                row_dtype=det.bank.row_dtype, partitions=1)
+    try:
+        p0, p1 = (topic, 0), (topic, 1)
+        store.save({p0: PartitionState(["a", "b", "c"], det.bank.pack(slots), 60),
+                    p1: PartitionState(["a"], det.bank.pack(slots[:1]), 7)})
+        store.save({p0: PartitionState([], det.bank.pack(slots[:0]), 61, removed=["a"])})
+        raw = Producer({"bootstrap.servers": kafka.bootstrap})
+        raw.produce(log, key=f"{topic}/0/c".encode(), value=b"SRN1" + store.schema + b"\x07" * 30, partition=0)  # a torn row
+        raw.produce(log, key=f"{topic}/1/".encode(), value=b"{not json", partition=0)  # p1's metadata garbled
+        raw.flush(10)
+        states = store.load([p0, p1])
+    finally:
+        store.close()
+    assert set(states) == {p0}  # p1's sensors start fresh
+    assert states[p0].ids == ["b"] and states[p0].offset == 61  # a evicted (tombstone), c unreadable
+    assert store.corrupt_total == 2
+
+
+def test_a_broker_killed_and_restarted_mid_stream_loses_and_repeats_no_alert(tmp_path: Path, run_worker,
+                                                                            s3_env: dict[str, str]) -> None:
+    from streamrnn.devtools.broker import free_port
+
+    topic = "restart"
+    broker = EmbeddedBroker(port=free_port(), log_path=tmp_path / "broker.log", storage="s3://tansu/", env=s3_env).start()
+    w = None
+    try:
+        broker.create_topics({topic: PARTS, f"{topic}-alerts": 1, f"{topic}-dlq": 1})
+        df, msgs = stream(seed=13, sensors=30, ticks=800)
+        _, ref_events = reference(df)
+        cut = len(msgs) // 2
+        produce(broker, topic, msgs[:cut])
+        cfg, port = worker_config(broker, tmp_path, topic)
+        w = run_worker(cfg, port)
+        w.wait_metric("streamrnn_readings_scored_total", cut // 3)
+        broker.proc.send_signal(signal.SIGKILL)  # mid-stream: alerts in flight, offsets uncommitted
+        broker.proc.wait()
+        broker.stop()
+        poll(lambda: w.metric("streamrnn_broker_up") == 0, timeout=30)
+        broker.start()  # same port, same cluster, same storage
+        produce(broker, topic, msgs[cut:])
+        w.wait_metric("streamrnn_readings_scored_total", len(msgs), timeout=120)
+        poll(lambda: w.metric("streamrnn_broker_up") == 1 and w.metric("streamrnn_checkpoint_failing") == 0)
+        assert w.terminate() == 0
+        assert_alerts_match(broker, f"{topic}-alerts", ref_events)
+    finally:
+        if w is not None:
+            w.kill()
+        broker.stop()

@@ -264,3 +264,23 @@ def test_train_command_reads_the_topics_retained_history(kafka: EmbeddedBroker, 
     assert "from 6 sensors" in p.stdout and "published v1" in p.stdout
     meta = ModelRegistry(tmp_path / "state" / "models", keep=5).meta("v1")
     assert meta.training_window["source"] == "topics" and meta.training_window["readings"] == values.size
+
+
+def test_the_last_retrain_gauge_is_not_reset_by_a_restart(tmp_path: Path) -> None:
+    from streamrnn.lifecycle.serving import ModelService
+
+    mf = load_model(default_model_path())
+    registry = ModelRegistry(tmp_path / "models", keep=3)
+
+    def start() -> float:  # a worker start serving the packaged model
+        m = WorkerMetrics()
+        ModelService(Detector(mf.model, version=mf.version), registry, None, poll_seconds=60, observer=m)
+        return m.registry.get_sample_value("streamrnn_last_successful_retrain_timestamp_seconds")
+
+    first = start()
+    assert first <= time.time()
+    assert start() == first  # the second start reports when serving began, not itself
+    meta = registry.publish(mf.model, parent=None)  # a promotion: the gauge follows it
+    m = WorkerMetrics()
+    ModelService(Detector(mf.model, version=meta.version), registry, None, poll_seconds=60, observer=m)
+    assert m.registry.get_sample_value("streamrnn_last_successful_retrain_timestamp_seconds") == meta.created

@@ -22,7 +22,8 @@ from .conftest import as_messages, consume_all, produce, worker_config
 
 pytestmark = pytest.mark.kafka
 
-ALERT_FIELDS = {"sensor_id", "ts", "value", "forecast", "residual", "anomaly_score", "threshold", "model_version", "event"}
+ALERT_FIELDS = {"sensor_id", "ts", "value", "forecast", "residual", "anomaly_score", "threshold", "model_version", "event",
+                "kind"}
 
 
 def committed_offsets(kafka: EmbeddedBroker, group: str, topic: str, partitions: int) -> dict[int, int]:
@@ -59,7 +60,7 @@ def test_end_to_end_alerts_on_injected_anomalies(kafka: EmbeddedBroker, tmp_path
     for r, e in zip(alerts, events):
         assert ALERT_FIELDS <= set(e) and r.key == e["sensor_id"].encode()
         assert e["event"] in ("open", "resolved") and e["model_version"] == "default-1"
-        assert 0 <= e["anomaly_score"] <= 1
+        assert e["kind"] == "anomaly" and 0 <= e["anomaly_score"] <= 1  # no sensor of this fleet falls silent
     opens = [e for e in events if e["event"] == "open"]
 
     # Recall: an anomaly counts as detected when its sensor opens an alert between its
@@ -82,8 +83,8 @@ def test_end_to_end_alerts_on_injected_anomalies(kafka: EmbeddedBroker, tmp_path
     mf = load_model(default_model_path())
     det = Detector(mf.model, version=mf.version)
     res = det.process(df.sensor_id.tolist(), df.ts.to_numpy(), df.value.to_numpy())
-    offline = sorted((e.sensor_id, e.ts, e.event) for e in res.events)
-    assert sorted((e["sensor_id"], e["ts"], e["event"]) for e in events) == offline
+    offline = sorted((e.sensor_id, e.ts, e.event.value, e.kind.value) for e in res.events)
+    assert sorted((e["sensor_id"], e["ts"], e["event"], e["kind"]) for e in events) == offline
 
 
 def test_malformed_messages_go_to_the_dead_letter_topic(kafka: EmbeddedBroker, tmp_path: Path, run_worker) -> None:
@@ -240,3 +241,50 @@ def test_broker_outage_mid_run_is_survived(tmp_path: Path, run_worker) -> None:
     finally:
         w.kill()
         broker.stop()
+
+
+def test_hostile_input_leaves_sensors_able_to_alert_and_a_silent_sensor_raises_no_data(
+        kafka: EmbeddedBroker, tmp_path: Path, run_worker) -> None:
+    topic = "hostile"
+    kafka.create_topics({topic: 2, f"{topic}-alerts": 1, f"{topic}-dlq": 1})
+    n, step, base = 1000, 10.0, float(int(time.time()) - 2 * 86400)
+    rng = np.random.default_rng(11)
+    spike_at = {"s1": 600, "s2": 700, "s3": 800, "s4": 850, "s5": 900}
+    msgs: list[tuple[bytes, bytes]] = []
+    for i in range(n):
+        for sid in ("s0", "s1", "s2", "s3", "s4", "s5"):
+            if sid == "s4" and 400 <= i < 700:
+                continue  # s4 falls silent for 3,000 s (300 of its 10 s intervals)
+            t = base + i * step
+            v = float(20.0 + np.sin(i / 30.0) + rng.normal(0.0, 0.1) + (2.0 if spike_at.get(sid) == i else 0.0))
+            ts: float | int = t
+            if sid == "s3" and i >= 300:
+                ts = int(t * 1_000_000)  # a producer switching to epoch microseconds
+            msgs.append((sid.encode(), orjson.dumps({"sensor_id": sid, "ts": ts, "value": v})))
+            if i == 300 and sid == "s1":  # a device clock 31 years ahead, once
+                msgs.append((b"s1", orjson.dumps({"sensor_id": "s1", "ts": t + 31 * 365 * 86400, "value": v})))
+            if i == 300 and sid == "s2":  # a finite value that once blinded the sensor
+                msgs.append((b"s2", orjson.dumps({"sensor_id": "s2", "ts": t + 1.0, "value": 1e300})))
+            if i == 300 and sid == "s5":
+                msgs.append((b"s5", orjson.dumps({"sensor_id": {"id": "s5"}, "ts": t + 1.0, "value": v})))
+    produce(kafka, topic, msgs)
+    cfg, port = worker_config(kafka, tmp_path, topic)
+    w = run_worker(cfg, port)
+    w.wait_metric("streamrnn_messages_consumed_total", len(msgs), timeout=120)
+    w.wait_metric("streamrnn_dead_letters_total", 2)
+    n_events = int(w.metric("streamrnn_alert_events_total"))
+    alerts = [orjson.loads(r.value) for r in consume_all(kafka, f"{topic}-alerts", expect=n_events)]
+    assert w.metric("streamrnn_dead_letters_total", {"reason": "future_timestamp"}) == 1
+    assert w.metric("streamrnn_dead_letters_total", {"reason": "bad_sensor_id"}) == 1
+    assert w.metric("streamrnn_alert_events_total", {"kind": "no_data", "event": "open"}) == 1
+    assert w.terminate() == 0
+
+    assert len(alerts) == n_events
+    no_data = [(a["sensor_id"], a["event"]) for a in alerts if a["kind"] == "no_data"]
+    assert no_data == [("s4", "open"), ("s4", "resolved")]
+    opened, back = (a for a in alerts if a["kind"] == "no_data")
+    assert base + 399 * step < opened["ts"] < base + 420 * step and back["ts"] == base + 700 * step
+    assert back["opened_ts"] == opened["ts"]
+    for sid, i in spike_at.items():  # each hostile input was followed by an anomaly that is still caught
+        assert any(a["sensor_id"] == sid and a["kind"] == "anomaly" and a["event"] == "open"
+                   and a["ts"] == base + i * step for a in alerts), sid

@@ -14,7 +14,7 @@ tunable is a field of a parameter object (:class:`ScoringParams`,
 """
 
 from . import compiled  # noqa: F401, I001  (first: it places the compiled-code cache)
-from .alerts import Alerter, AlertEvent, AlertParams, Transition
+from .alerts import Alerter, AlertEvent, AlertKind, AlertParams, Transition
 from .detector import Detector, ScoreResult
 from .features import FeatureBuilder
 from .forecaster import GRUForecaster
@@ -22,6 +22,6 @@ from .scoring import Scorer, ScoringParams
 from .state import BankParams, StateBank
 
 __all__ = [
-    "AlertEvent", "AlertParams", "Alerter", "BankParams", "Detector", "FeatureBuilder", "GRUForecaster", "ScoreResult",
+    "AlertEvent", "AlertKind", "AlertParams", "Alerter", "BankParams", "Detector", "FeatureBuilder", "GRUForecaster", "ScoreResult",
     "Scorer", "ScoringParams", "StateBank", "Transition",
 ]

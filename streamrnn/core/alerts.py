@@ -9,6 +9,7 @@ own timestamps, so replaying a stream gives the same events.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import NamedTuple
@@ -21,7 +22,10 @@ from pydantic.dataclasses import dataclass as parameters
 from .parameters import PARAMS
 from .state import Column
 
-__all__ = ["AlertEvent", "AlertKnobs", "AlertParams", "Alerter", "Transition", "alert_step"]
+__all__ = ["NO_DATA_AFTER", "AlertEvent", "AlertKind", "AlertKnobs", "AlertParams", "Alerter", "Transition", "alert_step"]
+
+NO_DATA_AFTER = 3
+"""Readings a sensor needs (two intervals) before its silence can raise a ``no_data`` alert."""
 
 
 class Transition(str, Enum):
@@ -29,6 +33,13 @@ class Transition(str, Enum):
 
     OPEN = "open"
     RESOLVED = "resolved"
+
+
+class AlertKind(str, Enum):
+    """What an alert is about: the ``kind`` field of every alert."""
+
+    ANOMALY = "anomaly"  # readings the sensor's own past makes improbable
+    NO_DATA = "no_data"  # the sensor stopped reporting
 
 
 @parameters(frozen=True, kw_only=True, config=PARAMS)
@@ -41,6 +52,8 @@ class AlertParams:
     open_after: int = Field(default=1, ge=1, description="Consecutive readings at or above threshold needed to open an alert.")
     resolve_after: int = Field(default=5, ge=1, description="Consecutive readings below resolve_threshold needed to resolve it.")
     cooldown_seconds: float = Field(default=600.0, ge=0, description="After a resolve, no new alert opens for this long (reading time).")
+    no_data_factor: float = Field(default=10.0, ge=0, description="A no_data alert opens when a sensor's last reading is this many typical intervals old, by the event time its partition has reached (0 turns no_data alerts off).")
+    no_data_min_seconds: float = Field(default=60.0, ge=0, description="...and at least this many seconds old.")
 
     @model_validator(mode="after")
     def _hysteresis(self) -> AlertParams:
@@ -64,12 +77,14 @@ class AlertEvent:
     event: Transition
     opened_ts: float
     peak_score: float
+    kind: AlertKind = AlertKind.ANOMALY
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready dict (NaN forecasts become null)."""
+        """JSON-ready dict (NaN numbers become null: a no_data alert has no forecast or score)."""
         d = asdict(self)
         d["event"] = self.event.value
-        for k in ("forecast", "residual"):
+        d["kind"] = self.kind.value
+        for k in ("value", "forecast", "residual", "anomaly_score", "peak_score"):
             if not np.isfinite(d[k]):
                 d[k] = None
         return d
@@ -84,6 +99,8 @@ class AlertKnobs(NamedTuple):
     open_after: int
     resolve_after: int
     cooldown_seconds: float
+    no_data_factor: float
+    no_data_min_seconds: float
 
 
 # What an alert step did, per reading.
@@ -116,6 +133,14 @@ def alert_step(r: np.void, t: float, surprise: float, count: int, k: AlertKnobs)
     return high, OPENED if opened else (RESOLVED if resolved else NO_EVENT)
 
 
+@njit(cache=True)
+def silence_limit(r: np.void, k: AlertKnobs) -> float:
+    """How old a sensor's last reading may get before it counts as silent (inf: never)."""
+    if k.no_data_factor <= 0 or r["count"] < NO_DATA_AFTER:
+        return math.inf
+    return max(k.no_data_factor * math.exp(r["logdt_mean"]), k.no_data_min_seconds)
+
+
 class Alerter:
     """The alerter's state columns and compiled settings, from :class:`AlertParams`."""
 
@@ -123,7 +148,8 @@ class Alerter:
         self.params = params
         self.threshold = params.threshold
         self.knobs = AlertKnobs(params.threshold, params.resolve_threshold, params.warmup_readings, params.open_after,
-                                params.resolve_after, params.cooldown_seconds)
+                                params.resolve_after, params.cooldown_seconds, params.no_data_factor,
+                                params.no_data_min_seconds)
 
     @staticmethod
     def columns() -> list[Column]:
@@ -135,4 +161,5 @@ class Alerter:
             Column("cooldown_until", "float64", -np.inf),
             Column("opened_ts", "float64", np.nan),
             Column("peak_score", "float64", 0.0),
+            Column("silent_since", "float64", np.nan),  # when its open no_data alert began (NaN: none open)
         ]

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .alerts import Alerter, AlertEvent, AlertParams, Transition
+from .alerts import Alerter, AlertEvent, AlertKind, AlertParams, Transition
 from .features import N_FEATURES, FeatureBuilder
 from .forecaster import GRUForecaster, scratch_for, weights_of
-from .kernel import BatchOutput, rewarm, ring_features, score_batch
+from .kernel import BatchOutput, overdue, rewarm, ring_features, score_batch
 from .scoring import Scorer, ScoringParams
 from .state import BankParams, CapacityError, Column, StateBank
 
@@ -35,7 +35,10 @@ class ScoreResult:
     ``accepted`` is False for them and their numbers are NaN. ``surprise`` is how
     unusual each reading is; ``score``, the anomaly score, is the surprise at the
     onset of an incident and 0 while it merely goes on (see :mod:`.scoring`).
-    ``is_anomaly`` and the alert events follow the surprise.
+    ``is_anomaly`` and the anomaly alert events follow the surprise. ``event_index``
+    is the reading each event came with (-1 for a ``no_data`` alert opened because
+    other readings moved its partition's clock on) and ``event_owner`` the owner of
+    the event's sensor.
     """
 
     accepted: np.ndarray
@@ -47,6 +50,7 @@ class ScoreResult:
     is_anomaly: np.ndarray
     events: list[AlertEvent] = field(default_factory=list)
     event_index: list[int] = field(default_factory=list)
+    event_owner: list[int] = field(default_factory=list)
 
     @property
     def n_scored(self) -> int:
@@ -82,14 +86,20 @@ class Detector:
             Column("hist_n", "int64", 0),
         ]
         cols += self.features.columns() + self.scorer.columns() + self.alerter.columns()
-        self.bank = StateBank(cols, max_sensors=bank.max_sensors, initial_capacity=bank.initial_capacity)
+        self.bank = StateBank(cols, max_sensors=bank.max_sensors, initial_capacity=bank.initial_capacity,
+                              group_column="owner")
         self.resets_total = 0  # sensors whose state became non-finite and was started afresh
+        # The event time each owner's readings have reached, at [owner + 1]: silence is
+        # measured against it, so a replay raises the same no_data alerts as live.
+        self.clocks = np.full(1, -np.inf)
 
     def _serve(self, model: GRUForecaster, version: str) -> None:
         self.model = model.eval()
         self.model_version = str(version)
         self._weights = weights_of(self.model)
         self._scratch = scratch_for(self._weights)
+        # what /readyz reports: a model whose weights are not all finite forecasts nothing
+        self.model_ok = all(np.isfinite(w).all() for w in self._weights if isinstance(w, np.ndarray))
 
     def warm_up(self) -> None:
         """Load (or on a first run, compile) the scoring pass now, so the first batch does
@@ -164,7 +174,7 @@ class Detector:
         n = len(sensor_ids)
         out = BatchOutput.empty(n)
         if n == 0:
-            return _result(out, [], [])
+            return _result(out, [], [], [])
         bank = self.bank
         slots = bank.assign(sensor_ids)
         rows = bank.rows  # assign may have grown the rows
@@ -179,24 +189,66 @@ class Detector:
             self.resets_total += len(reset)
             log.warning("state of %d sensor(s) became non-finite and was reset: %s", len(reset),
                         ", ".join(sorted({str(sensor_ids[i]) for i in reset.tolist()})[:10]))
-        events: list[AlertEvent] = []
-        index: list[int] = []
+        found = self._advance_clocks(rows, slots, ts, out.accepted)
+        return _result(out, *self._events(sensor_ids, ts, values, slots, order, out, n_events, found))
+
+    def _advance_clocks(self, rows: np.ndarray, slots: np.ndarray, ts: np.ndarray, accepted: np.ndarray) -> np.ndarray:
+        """Move each owner's clock to its newest reading; the slots of the sensors that
+        fell silent by it (their no_data alerts are now open)."""
+        if not accepted.any() or self.alerter.params.no_data_factor <= 0:
+            return np.zeros(0, dtype=np.int64)
+        at = rows["owner"][slots[accepted]].astype(np.int64) + 1
+        if at.max() >= len(self.clocks):
+            self.clocks = np.concatenate([self.clocks, np.full(at.max() + 1 - len(self.clocks), -np.inf)])
+        np.maximum.at(self.clocks, at, ts[accepted])
+        bank = self.bank
+        found = np.zeros(bank.used, dtype=np.int64)
+        n = overdue(bank.rows, bank.last_seen, bank.used, self.clocks, self.alerter.knobs, found)
+        return found[:n]
+
+    def _events(self, sensor_ids: Sequence[str], ts: np.ndarray, values: np.ndarray, slots: np.ndarray, order: np.ndarray,
+                out: BatchOutput, n_events: int, found: np.ndarray) -> tuple[list[AlertEvent], list[int], list[int]]:
+        """The batch's alert events in time order, with their readings and owners."""
+        rows = self.bank.rows
+        made: list[tuple[float, AlertEvent, int, int]] = []
+        threshold = self.alerter.threshold
+
+        def no_data(sid: str, t: float, value: float, transition: Transition, since: float) -> AlertEvent:
+            return AlertEvent(sensor_id=sid, ts=t, value=value, forecast=np.nan, residual=np.nan, anomaly_score=np.nan,
+                              threshold=threshold, model_version=self.model_version, event=transition, opened_ts=since,
+                              peak_score=np.nan, kind=AlertKind.NO_DATA)
+
         if n_events:
-            pos = np.flatnonzero(out.event[order])  # in per-sensor order, then by time
-            for i in order[pos[np.argsort(ts[order[pos]], kind="stable")]].tolist():
-                events.append(AlertEvent(
-                    sensor_id=str(sensor_ids[i]), ts=float(ts[i]), value=float(values[i]), forecast=float(out.forecast[i]),
-                    residual=float(out.residual[i]), anomaly_score=float(out.surprise[i]), threshold=self.alerter.threshold,
-                    model_version=self.model_version, event=Transition.OPEN if out.event[i] == 1 else Transition.RESOLVED,
-                    opened_ts=float(out.opened_ts[i]), peak_score=float(min(out.peak[i], 1.0)),
-                ))
-                index.append(i)
-        return _result(out, events, index)
+            # per-sensor order, then by time; a reading's no_data events come before its anomaly event
+            for i in order[np.flatnonzero(out.event[order] | out.silence[order])].tolist():
+                sid, t, owner = str(sensor_ids[i]), float(ts[i]), int(rows["owner"][slots[i]])
+                since = float(out.silent_since[i])
+                if out.silence[i] == 2:
+                    made.append((since, no_data(sid, since, float(out.silent_value[i]), Transition.OPEN, since), -1, owner))
+                if out.silence[i]:
+                    made.append((t, no_data(sid, t, float(values[i]), Transition.RESOLVED, since), i, owner))
+                if out.event[i]:
+                    made.append((t, AlertEvent(
+                        sensor_id=sid, ts=t, value=float(values[i]), forecast=float(out.forecast[i]),
+                        residual=float(out.residual[i]), anomaly_score=float(out.surprise[i]), threshold=threshold,
+                        model_version=self.model_version, event=Transition.OPEN if out.event[i] == 1 else Transition.RESOLVED,
+                        opened_ts=float(out.opened_ts[i]), peak_score=float(min(out.peak[i], 1.0)),
+                    ), i, owner))
+        if len(found):
+            sensor_at = self.bank.sensor_at
+            for s in found.tolist():
+                r = rows[s]
+                since = float(r["silent_since"])
+                made.append((since, no_data(str(sensor_at(s)), since, float(r["last_value"]), Transition.OPEN, since), -1,
+                             int(r["owner"])))
+        made.sort(key=lambda m: m[0])  # stable: ties keep the order above
+        return [m[1] for m in made], [m[2] for m in made], [m[3] for m in made]
 
 
-def _result(out: BatchOutput, events: list[AlertEvent], index: list[int]) -> ScoreResult:
+def _result(out: BatchOutput, events: list[AlertEvent], index: list[int], owners: list[int]) -> ScoreResult:
     return ScoreResult(accepted=out.accepted, forecast=out.forecast, forecast_std=out.forecast_std, residual=out.residual,
-                       score=out.score, surprise=out.surprise, is_anomaly=out.is_anomaly, events=events, event_index=index)
+                       score=out.score, surprise=out.surprise, is_anomaly=out.is_anomaly, events=events, event_index=index,
+                       event_owner=owners)
 
 
 def _concat(a: ScoreResult, b: ScoreResult, offset: int) -> ScoreResult:
@@ -204,5 +256,6 @@ def _concat(a: ScoreResult, b: ScoreResult, offset: int) -> ScoreResult:
         accepted=np.concatenate([a.accepted, b.accepted]), forecast=np.concatenate([a.forecast, b.forecast]),
         forecast_std=np.concatenate([a.forecast_std, b.forecast_std]), residual=np.concatenate([a.residual, b.residual]),
         score=np.concatenate([a.score, b.score]), surprise=np.concatenate([a.surprise, b.surprise]), is_anomaly=np.concatenate([a.is_anomaly, b.is_anomaly]),
-        events=a.events + b.events, event_index=a.event_index + [i + offset for i in b.event_index],
+        events=a.events + b.events, event_index=a.event_index + [i + offset if i >= 0 else i for i in b.event_index],
+        event_owner=a.event_owner + b.event_owner,
     )

@@ -20,13 +20,13 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from .alerts import AlertKnobs, alert_step
+from .alerts import AlertKnobs, alert_step, silence_limit
 from .evidence import PATTERN_LENGTH
 from .features import N_FEATURES, in_place_of_glitch, norm_std, normalise, replay_features, time_features
 from .forecaster import GRUScratch, GRUWeights, gru_step
 from .scoring import ScoringKnobs, score_step
 
-__all__ = ["BatchOutput", "rewarm", "ring_features", "score_batch"]
+__all__ = ["BatchOutput", "overdue", "rewarm", "ring_features", "score_batch"]
 
 
 class BatchOutput(NamedTuple):
@@ -43,6 +43,9 @@ class BatchOutput(NamedTuple):
     opened_ts: np.ndarray  # float64, for events
     peak: np.ndarray  # float64, for events
     reset: np.ndarray  # bool: the sensor's state turned non-finite here and was reset
+    silence: np.ndarray  # int8: 0, or this reading ends a silence: 1 an open no_data alert, 2 one not yet opened
+    silent_since: np.ndarray  # float64: when that no_data alert began
+    silent_value: np.ndarray  # float64: the sensor's last value before it
 
     @classmethod
     def empty(cls, n: int) -> BatchOutput:
@@ -50,7 +53,7 @@ class BatchOutput(NamedTuple):
         def nan() -> np.ndarray:
             return np.full(n, np.nan)
         return cls(np.zeros(n, bool), nan(), nan(), nan(), nan(), nan(), np.zeros(n, bool), np.zeros(n, np.int8),
-                   nan(), nan(), np.zeros(n, bool))
+                   nan(), nan(), np.zeros(n, bool), np.zeros(n, np.int8), nan(), nan())
 
 
 @njit(cache=True)
@@ -72,6 +75,17 @@ def score_batch(rows: np.ndarray, raw: np.ndarray, fresh: np.ndarray, order: np.
         v = values[i]
         if not t > r["last_ts"]:  # a replay or a duplicate: already reflected in the state
             continue
+        since = r["silent_since"]
+        if math.isfinite(since):  # back after a silence a scan already reported
+            out.silence[i] = 1
+        else:  # a silence that ended before any scan could see it
+            since = r["last_ts"] + silence_limit(r, ak)
+            out.silence[i] = 2 if t > since else 0
+        if out.silence[i]:
+            out.silent_since[i] = since
+            out.silent_value[i] = r["last_value"]
+            r["silent_since"] = math.nan
+            n_events += out.silence[i]
         fc_mean = r["fc_mean"]  # made at the sensor's previous reading
         fc_std = r["fc_std"]
         fc_scale = r["fc_scale"]  # the normalising scale when it was made
@@ -121,6 +135,30 @@ def score_batch(rows: np.ndarray, raw: np.ndarray, fresh: np.ndarray, order: np.
             out.peak[i] = r["peak_score"]
             n_events += 1
     return n_events
+
+
+@njit(cache=True)
+def overdue(rows: np.ndarray, last_seen: np.ndarray, used: int, clocks: np.ndarray, ak: AlertKnobs,
+            found: np.ndarray) -> int:
+    """Open a no_data alert for each held sensor whose last reading is older, by its
+    owner's clock (``clocks[owner + 1]``), than its silence limit; their slots go into
+    ``found``. Returns how many. Slots ``< used`` with ``last_seen > 0`` are held."""
+    n = 0
+    for s in range(used):
+        if last_seen[s] <= 0:
+            continue
+        r = rows[s]
+        if math.isfinite(r["silent_since"]):
+            continue
+        o = r["owner"] + 1
+        if o < 0 or o >= len(clocks):
+            continue
+        since = r["last_ts"] + silence_limit(r, ak)
+        if clocks[o] > since:
+            r["silent_since"] = since
+            found[n] = s
+            n += 1
+    return n
 
 
 @njit(cache=True)

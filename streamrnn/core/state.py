@@ -51,7 +51,10 @@ class CapacityError(RuntimeError):
 class StateBank:
     """Per-sensor state rows indexed by slot, with sensor-id lookup and LRU eviction."""
 
-    def __init__(self, columns: Iterable[Column], *, max_sensors: int, initial_capacity: int) -> None:
+    def __init__(self, columns: Iterable[Column], *, max_sensors: int, initial_capacity: int,
+                 group_column: str | None = None) -> None:
+        """``group_column`` names the column (e.g. the owning partition) whose value is
+        recorded with each evicted sensor in :attr:`evicted` while :attr:`track_evictions`."""
         self.max_sensors = int(max_sensors)
         self.columns: dict[str, Column] = {}
         for c in columns:
@@ -78,6 +81,9 @@ class StateBank:
         self._released: list[int] = []  # slots given back by eviction or removal
         self._tick = 0
         self.evicted_total = 0
+        self.group_column = group_column
+        self.track_evictions = False  # a store that writes tombstones turns this on
+        self.evicted: list[tuple[str, int]] = []  # (sensor id, group) evicted since the caller last took them
 
     def _reserve(self, fallback: int) -> np.ndarray:
         """Rows for every sensor the bank may hold, as address space only.
@@ -163,6 +169,9 @@ class StateBank:
             if n_evict > len(stale):
                 raise CapacityError(f"{need - len(stale)} sensors in one batch exceed max_sensors={self.max_sensors}")
             victims = stale[np.argpartition(self.last_seen[stale], n_evict - 1)[:n_evict]]
+            if self.track_evictions:
+                group = self.rows[self.group_column][victims] if self.group_column else np.full(len(victims), -1)
+                self.evicted += [(self._sensor_at[s] or "", g) for s, g in zip(victims.tolist(), group.tolist(), strict=True)]
             for s in victims.tolist():
                 self._release(int(s))
             self.evicted_total += n_evict
@@ -194,6 +203,7 @@ class StateBank:
             del self._slot_of[sid]
         self._sensor_at[s] = None
         self._released.append(s)
+        self.last_seen[s] = 0  # not held: last_seen > 0 marks the held slots
 
     def remove(self, sensor_ids: Iterable[str]) -> None:
         """Forget sensors (e.g. when their partition moves to another worker)."""
@@ -201,6 +211,20 @@ class StateBank:
             s = self._slot_of.get(sid)
             if s is not None:
                 self._release(s)
+
+    @property
+    def used(self) -> int:
+        """Slots ever used: every held slot is below it (and has ``last_seen > 0``)."""
+        return len(self._sensor_at)
+
+    def sensor_at(self, slot: int) -> str | None:
+        """The sensor held in ``slot``, if any."""
+        return self._sensor_at[slot]
+
+    def take_evicted(self) -> list[tuple[str, int]]:
+        """The ``(sensor id, group)`` pairs evicted since the last call."""
+        out, self.evicted = self.evicted, []
+        return out
 
     @property
     def tick(self) -> int:

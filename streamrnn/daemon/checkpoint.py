@@ -81,7 +81,12 @@ class CheckpointCoordinator:
         self._pending: dict[Partition, int] = {}
         self._saved_tick = 0
         self._last = time.monotonic()
-        self._replayed: set[tuple[str, float, str]] = set()
+        self._replayed: set[tuple[str, float, str, str]] = set()
+        self._departed: dict[Partition, list[str]] = {}  # evicted sensors not yet forgotten by the store
+        self._corrupt_seen = 0
+        self.failing = False  # the last checkpoint failed
+        # Only a store that keeps sensors one by one must be told which ones left.
+        detector.bank.track_evictions = store.incremental
 
     # -- which partition owns a sensor ------------------------------------------------
     def owner(self, tp: Partition) -> int:
@@ -90,6 +95,13 @@ class CheckpointCoordinator:
         if idx is None:
             idx = self._part_ids[tp] = len(self._part_ids)
         return idx
+
+    def partition_of(self, owner: int) -> Partition | None:
+        """The partition marked by ``owner`` (None for a mark no partition has)."""
+        for tp, idx in self._part_ids.items():
+            if idx == owner:
+                return tp
+        return None
 
     def _owned(self, partitions: list[Partition]) -> dict[Partition, tuple[list[str], np.ndarray]]:
         """The ids and slots of the sensors each partition owns (one pass over the bank)."""
@@ -120,7 +132,19 @@ class CheckpointCoordinator:
     # -- the rule -----------------------------------------------------------------------
     def checkpoint(self, partitions: list[Partition] | None = None, *, commit: bool = True) -> CheckpointOutcome:
         """Flush, save the state of the partitions with new readings (default all), then
-        commit their offsets (unless ``commit`` is False). Truthy when nothing is left unsaved."""
+        commit their offsets (unless ``commit`` is False). Truthy when nothing is left unsaved.
+
+        A failed checkpoint is tried again when the next is due (one interval later),
+        with everything since the last good one."""
+        outcome = self._checkpoint(partitions, commit)
+        self.metrics.checkpoints.labels(result=outcome.value).inc()
+        self.failing = not outcome
+        self.metrics.checkpoint_failing.set(0 if outcome else 1)
+        if not outcome:
+            self._last = time.monotonic()
+        return outcome
+
+    def _checkpoint(self, partitions: list[Partition] | None, commit: bool) -> CheckpointOutcome:
         todo = {tp: off for tp, off in self._pending.items() if partitions is None or tp in partitions}
         if not todo:
             return CheckpointOutcome.NOTHING_NEW
@@ -145,17 +169,20 @@ class CheckpointCoordinator:
         bank = self.detector.bank
         meta = {"model_version": self.detector.model_version,
                 "alerts_next": {str(p): o for p, o in self.outbox.alerts_position().items()}}
+        self._note_evictions()
         states = {}
         for tp, (ids, slots) in self._owned(list(todo)).items():
             if self.store.incremental:
                 touched = bank.touched_since(self._saved_tick, slots)
                 ids, slots = [i for i, t in zip(ids, touched.tolist(), strict=True) if t], slots[touched]
-            states[tp] = PartitionState(ids, bank.pack(slots), todo[tp], meta)
+            states[tp] = PartitionState(ids, bank.pack(slots), todo[tp], meta, removed=self._departed.get(tp, []))
         try:
             size = self.store.save(states)
         except (OSError, TransportError) as e:
-            log.error("saving state failed, offsets not committed: %s", e)
+            log.error("saving state failed, offsets not committed (tried again in %.0fs): %s", self.interval_seconds, e)
             return CheckpointOutcome.SAVE_FAILED
+        for tp in states:
+            self._departed.pop(tp, None)
         if partitions is None:
             self._saved_tick = bank.tick
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
@@ -168,6 +195,13 @@ class CheckpointCoordinator:
             if self._pending.get(tp) == off:
                 del self._pending[tp]
         return CheckpointOutcome.SAVED
+
+    def _note_evictions(self) -> None:
+        """File the sensors evicted since the last checkpoint under their partitions."""
+        for sid, owner in self.detector.bank.take_evicted():
+            tp = self.partition_of(owner)
+            if tp is not None:
+                self._departed.setdefault(tp, []).append(sid)
 
     def _commit(self, offsets: dict[Partition, int]) -> bool:
         try:
@@ -189,7 +223,14 @@ class CheckpointCoordinator:
             states = self.store.load(partitions)
         except (CheckpointError, OSError, TransportError) as e:
             log.error("state of %s unusable, those sensors start fresh: %s", partitions, e)
+            if isinstance(e, CheckpointError):
+                self.metrics.state_corrupt.inc(len(partitions))
             return
+        finally:
+            corrupt = self.store.corrupt_total
+            if corrupt > self._corrupt_seen:
+                self.metrics.state_corrupt.inc(corrupt - self._corrupt_seen)
+                self._corrupt_seen = corrupt
         bank = self.detector.bank
         restored = 0
         models = set()
@@ -230,13 +271,14 @@ class CheckpointCoordinator:
         self.checkpoint(partitions, commit=False)
         for tp, (ids, _) in self._owned(partitions).items():
             self._pending.pop(tp, None)
+            self._departed.pop(tp, None)
             self.detector.bank.remove(ids)  # its state now belongs to whoever gets the partition
         self.metrics.active_sensors.set(self.detector.active_sensors)
 
     # -- replays --------------------------------------------------------------------------
     def replayed(self, ev: AlertEvent) -> bool:
         """True (once) for an event published before a crash and recomputed from the replay."""
-        key = (ev.sensor_id, ev.ts, ev.event.value)
+        key = (ev.sensor_id, ev.ts, ev.event.value, ev.kind.value)
         if key in self._replayed:
             self._replayed.discard(key)
             self.metrics.alerts_deduplicated.inc()

@@ -69,14 +69,14 @@ class Publisher:
     def alert(self, ev: AlertEvent, partition: int) -> None:
         """Publish one alert event (topic, sinks, log); ``partition`` is its reading's partition."""
         self._send(_Outgoing(self.alerts_topic, ev.sensor_id.encode(), orjson.dumps(ev.to_dict()), None, "alert"))
-        self.metrics.alert_events.labels(event=ev.event.value).inc()
+        self.metrics.alert_events.labels(event=ev.event.value, kind=ev.kind.value).inc()
         for sink in self.sinks:
             sink.submit(ev)
         if self.log_alerts:
-            alert_log.warning("alert %s sensor=%s ts=%.3f value=%.6g forecast=%.6g score=%.6f model=%s", ev.event.value,
-                              ev.sensor_id, ev.ts, ev.value, ev.forecast, ev.anomaly_score, ev.model_version,
+            alert_log.warning("alert %s %s sensor=%s ts=%.3f value=%.6g forecast=%.6g score=%.6f model=%s", ev.kind.value,
+                              ev.event.value, ev.sensor_id, ev.ts, ev.value, ev.forecast, ev.anomaly_score, ev.model_version,
                               extra={"sensor_id": ev.sensor_id, "partition": partition, "model_version": ev.model_version,
-                                     "event": ev.event.value})
+                                     "event": ev.event.value, "kind": ev.kind.value})
 
     def alerts_position(self) -> dict[int, int]:
         """Per alerts-topic partition, the offset after the last acknowledged alert."""

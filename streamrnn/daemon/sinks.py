@@ -21,8 +21,8 @@ from typing import Any
 
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from ..config import SinkConfig
-from ..core import AlertEvent, Transition
+from ..config import AlertsConfig, SinkConfig
+from ..core import AlertEvent, AlertKind, Transition
 from .metrics import WorkerMetrics
 
 __all__ = ["AlertSink", "AlertmanagerSink", "WebhookSink", "build_sinks", "severity_for"]
@@ -39,10 +39,13 @@ def severity_for(score: float, bands: dict[str, float]) -> str:
     return best
 
 
-def event_severity(event: AlertEvent, bands: dict[str, float]) -> tuple[str, float]:
-    """Severity of an alert event and the score behind it (a resolve keeps its peak's)."""
+def event_severity(event: AlertEvent, alerts: AlertsConfig) -> tuple[str, float]:
+    """Severity of an alert event and the score behind it (a resolve keeps its peak's;
+    a no_data alert has no score and the configured severity)."""
+    if event.kind is AlertKind.NO_DATA:
+        return alerts.no_data_severity, float("nan")
     score = event.peak_score if event.event is Transition.RESOLVED else event.anomaly_score
-    return severity_for(score, bands), score
+    return severity_for(score, alerts.severity_bands), score
 
 
 def _rfc3339(ts: float) -> str:
@@ -60,11 +63,11 @@ class _Rejected(Exception):
 class AlertSink:
     """A bounded queue drained by one thread that POSTs JSON with retries."""
 
-    def __init__(self, cfg: SinkConfig, metrics: WorkerMetrics, bands: dict[str, float]) -> None:
+    def __init__(self, cfg: SinkConfig, metrics: WorkerMetrics, alerts: AlertsConfig) -> None:
         self.cfg = cfg
         self.name = cfg.name or cfg.type
         self.metrics = metrics
-        self.bands = bands
+        self.alerts = alerts
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=cfg.max_queue)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"sink-{self.name}", daemon=True)
@@ -82,7 +85,7 @@ class AlertSink:
     def payload(self, event: AlertEvent) -> Any:
         """The JSON body for one event."""
         d = event.to_dict()
-        d["severity"], _ = event_severity(event, self.bands)
+        d["severity"], _ = event_severity(event, self.alerts)
         return d
 
     # -- the sender thread ----------------------------------------------------------
@@ -155,30 +158,37 @@ class AlertmanagerSink(AlertSink):
     """Alertmanager's v2 API: ``POST /api/v2/alerts``.
 
     Labels: ``alertname``, ``sensor_id``, ``severity`` and the configured static
-    labels; annotations carry value, forecast, residual, score and model version. An
+    labels, and ``kind``; alertname is ``alertname`` for anomalies and
+    ``no_data_alertname`` for silent sensors. Annotations carry value, forecast,
+    residual, score and model version (a no_data alert: value and model version). An
     open alert is re-sent every ``resend_interval_seconds`` (Alertmanager resolves
     alerts it stops hearing about); a resolve is sent with ``endsAt``.
     """
 
-    def __init__(self, cfg: SinkConfig, metrics: WorkerMetrics, bands: dict[str, float]) -> None:
-        self._active: dict[str, dict[str, Any]] = {}
+    def __init__(self, cfg: SinkConfig, metrics: WorkerMetrics, alerts: AlertsConfig) -> None:
+        self._active: dict[tuple[str, AlertKind], dict[str, Any]] = {}
         self._active_lock = threading.Lock()
         self._last_resend = time.monotonic()
-        super().__init__(cfg, metrics, bands)
+        super().__init__(cfg, metrics, alerts)
 
     def url(self) -> str:
         return self.cfg.url.rstrip("/") + "/api/v2/alerts"
 
     def payload(self, event: AlertEvent) -> Any:
-        severity, score = event_severity(event, self.bands)
+        severity, score = event_severity(event, self.alerts)
+        no_data = event.kind is AlertKind.NO_DATA
+        annotations = {
+            "summary": (f"{event.sensor_id}: no reading since {_rfc3339(event.opened_ts)}" if no_data else
+                        f"{event.sensor_id}: value {event.value:.6g} against forecast {event.forecast:.6g}"),
+            "value": f"{event.value:.6g}", "model_version": event.model_version,
+        }
+        if not no_data:
+            annotations |= {"forecast": f"{event.forecast:.6g}", "residual": f"{event.residual:.6g}",
+                            "anomaly_score": f"{score:.6f}", "threshold": f"{event.threshold:.6f}"}
         alert: dict[str, Any] = {
-            "labels": {"alertname": self.cfg.alertname, "sensor_id": event.sensor_id,
-                       "severity": severity, **self.cfg.labels},
-            "annotations": {
-                "summary": f"{event.sensor_id}: value {event.value:.6g} against forecast {event.forecast:.6g}",
-                "value": f"{event.value:.6g}", "forecast": f"{event.forecast:.6g}", "residual": f"{event.residual:.6g}",
-                "anomaly_score": f"{score:.6f}", "threshold": f"{event.threshold:.6f}", "model_version": event.model_version,
-            },
+            "labels": {"alertname": self.cfg.no_data_alertname if no_data else self.cfg.alertname,
+                       "sensor_id": event.sensor_id, "kind": event.kind.value, "severity": severity, **self.cfg.labels},
+            "annotations": annotations,
             "startsAt": _rfc3339(event.opened_ts),
         }
         if self.cfg.generator_url:
@@ -186,9 +196,9 @@ class AlertmanagerSink(AlertSink):
         with self._active_lock:
             if event.event is Transition.RESOLVED:
                 alert["endsAt"] = _rfc3339(min(event.ts, time.time()))
-                self._active.pop(event.sensor_id, None)
+                self._active.pop((event.sensor_id, event.kind), None)
             else:
-                self._active[event.sensor_id] = alert
+                self._active[(event.sensor_id, event.kind)] = alert
         return [alert]
 
     def idle(self) -> None:
@@ -201,7 +211,7 @@ class AlertmanagerSink(AlertSink):
             self.deliver(active)
 
 
-def build_sinks(cfgs: list[SinkConfig], metrics: WorkerMetrics, bands: dict[str, float]) -> list[AlertSink]:
-    """Start the configured sinks."""
+def build_sinks(alerts: AlertsConfig, metrics: WorkerMetrics) -> list[AlertSink]:
+    """Start the sinks of ``alerts.sinks``."""
     kinds = {"alertmanager": AlertmanagerSink, "webhook": WebhookSink}
-    return [kinds[c.type](c, metrics, bands) for c in cfgs]
+    return [kinds[c.type](c, metrics, alerts) for c in alerts.sinks]

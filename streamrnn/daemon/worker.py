@@ -85,7 +85,7 @@ class Worker:
 
     def run(self) -> int:
         """Serve until stopped; returns the process exit code (0 on a clean stop)."""
-        self.sinks = build_sinks(self.cfg.alerts.sinks, self.metrics, self.cfg.alerts.severity_bands)
+        self.sinks = build_sinks(self.cfg.alerts, self.metrics)
         if self.cfg.metrics.enabled:
             self.server = MetricsServer(self.metrics, self.readiness, host=self.cfg.metrics.host, port=self.cfg.metrics.port).start()
             log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.host, self.server.port)
@@ -191,9 +191,10 @@ class Worker:
                                                "timestamp at or before the sensor's last reading")
             else:
                 self.metrics.readings_dropped.labels(reason=Reason.OUT_OF_ORDER.value).inc(len(stale))
-        for ev, i in zip(res.events, res.event_index, strict=True):
+        for ev, mark in zip(res.events, res.event_owner, strict=True):
             if not self.checkpoints.replayed(ev):
-                self.publisher.alert(ev, batch.record(decoded.index[i]).partition)
+                tp = self.checkpoints.partition_of(mark)
+                self.publisher.alert(ev, -1 if tp is None else tp[1])
         self.checkpoints.track(batch.next_offsets)
 
         m = self.metrics
@@ -248,4 +249,6 @@ class Worker:
         return {
             "partitions_assigned": bool(self._assigned),
             "broker_reachable": self.link.up,
+            "state_saved": self.checkpoints is not None and not self.checkpoints.failing,
+            "model_loaded": self.detector.model_ok,
         }

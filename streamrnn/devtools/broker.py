@@ -50,11 +50,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedBroker:
     """Starts tansu on a free loopback port and stops it by PID."""
 
-    def __init__(self, host: str = "127.0.0.1", log_path: str | Path | None = None, port: int = 0) -> None:
-        """``port`` 0 picks a free one (and retries on a clash); otherwise that port is used."""
+    def __init__(self, host: str = "127.0.0.1", log_path: str | Path | None = None, port: int = 0, *,
+                 storage: str | None = None, env: dict[str, str] | None = None) -> None:
+        """``port`` 0 picks a free one (and retries on a clash); otherwise that port is used.
+        ``storage`` is tansu's ``--storage-engine`` (default memory; ``s3://bucket/``
+        survives a restart, with the S3 endpoint and credentials in ``env``)."""
         self.host = host
         self.port = port
         self._fixed_port = port != 0
+        self.storage = storage
+        self.env = env
         self.cluster_id = ""
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_path = log_path
@@ -74,12 +79,15 @@ class EmbeddedBroker:
         for _ in range(attempts):
             if not self._fixed_port:
                 self.port = free_port(self.host)
-            self.cluster_id = f"streamrnn-{uuid.uuid4().hex[:8]}"
+            if not (self.cluster_id and self.storage):  # stored data belongs to its cluster: keep the id
+                self.cluster_id = f"streamrnn-{uuid.uuid4().hex[:8]}"
             url = f"tcp://{self.host}:{self.port}"
             self._log = open(self._log_path, "ab") if self._log_path else None
-            self.proc = subprocess.Popen(
-                [binary, "broker", "--cluster-id", self.cluster_id, "--listener-url", url, "--advertised-listener-url", url],
-                stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+            args = [binary, "broker", "--cluster-id", self.cluster_id, "--listener-url", url, "--advertised-listener-url", url]
+            if self.storage:
+                args += ["--storage-engine", self.storage]
+            self.proc = subprocess.Popen(args, stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                         start_new_session=True, env={**os.environ, **self.env} if self.env else None)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and self.proc.poll() is None:
                 try:

@@ -64,12 +64,24 @@ def _sidecar(path: Path) -> Path:
 
 
 def write_checksummed(path: str | os.PathLike[str], data: bytes) -> str:
-    """Write ``data`` atomically, then its ``.sha256`` sidecar; returns the digest."""
+    """Write ``data`` atomically with its ``.sha256`` sidecar; returns the digest.
+
+    The sidecar first names both the new and the old digest, then the data is
+    replaced, then the sidecar names the new one only: whichever step fails (a full
+    disk, a crash), the file on disk matches its sidecar, and a failed write leaves
+    the previous content readable.
+    """
     path = Path(path)
     digest = hashlib.sha256(data).hexdigest()
-    # data first, then the checksum naming it: a crash in between is detected on read
+    side = _sidecar(path)
+    try:
+        old = side.read_text().split("\n")[0] if path.exists() else ""
+    except OSError:
+        old = ""
+    if old:
+        atomic_write(side, f"{digest}  {path.name}\n{old}\n".encode())
     atomic_write(path, data)
-    atomic_write(_sidecar(path), f"{digest}  {path.name}\n".encode())
+    atomic_write(side, f"{digest}  {path.name}\n".encode())
     return digest
 
 
@@ -79,12 +91,12 @@ def read_checksummed(path: str | os.PathLike[str], error: type[ArtifactError] = 
     path = Path(path)
     try:
         data = path.read_bytes()
-        expected = _sidecar(path).read_text().split()[0]
+        expected = [line.split()[0] for line in _sidecar(path).read_text().splitlines() if line.strip()]
     except (OSError, IndexError, UnicodeDecodeError) as e:
         raise error(f"{path}: cannot read file or checksum: {e}") from None
     digest = hashlib.sha256(data).hexdigest()
-    if digest != expected:
-        raise error(f"{path}: sha256 {digest} does not match {expected}")
+    if digest not in expected:
+        raise error(f"{path}: sha256 {digest} does not match {' or '.join(expected) or 'an empty checksum file'}")
     return data, digest
 
 

@@ -118,6 +118,22 @@ class ModelRegistry:
         log.error("registry: no usable model version in %s", self.dir)
         return None
 
+    def first_served(self) -> float:
+        """When this deployment first served a model from outside the registry (the
+        packaged or a configured one): recorded once in ``SERVING_SINCE``, so a restart
+        does not pass for a fresh model."""
+        path = self.dir / "SERVING_SINCE"
+        try:
+            return float(path.read_text())
+        except (OSError, ValueError):
+            pass
+        now = time.time()
+        try:
+            atomic_write(path, f"{now!r}\n".encode())
+        except OSError as e:
+            log.warning("registry: cannot record when serving began (%s): counting from now", e)
+        return now
+
     # -- writing ----------------------------------------------------------------------
     def publish(self, model: GRUForecaster, parent: str | None, training_window: dict[str, Any] | None = None,
                 val_loss: float | None = None, parent_val_loss: float | None = None, extra: dict[str, Any] | None = None,

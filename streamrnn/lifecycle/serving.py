@@ -16,7 +16,7 @@ from typing import Protocol
 
 from ..core import AlertParams, BankParams, Detector, GRUForecaster, ScoringParams
 from .artifacts import ModelFile, default_model_path, load_model
-from .registry import ModelRegistry
+from .registry import ModelRegistry, RegistryError
 from .retraining import Retrainer, RetrainObserver
 
 __all__ = ["LifecycleObserver", "ModelService", "load_serving", "serving_detector"]
@@ -71,11 +71,12 @@ class ModelService:
         observer.model_promoted(self.serving_since())
 
     def serving_since(self) -> float:
-        """When the serving model was made (its registry entry), or now for a model from a file."""
+        """When the serving model was made (its registry entry), or for a model from a
+        file, when this deployment first served one."""
         try:
             return self.registry.meta(self.detector.model_version).created
-        except Exception:  # the packaged or a configured model: count from the start
-            return time.time()
+        except (RegistryError, OSError, ValueError, TypeError):
+            return self.registry.first_served()
 
     def tick(self, readings_scored: int) -> None:
         """Swap, retrain and follow the registry as due; call between batches."""

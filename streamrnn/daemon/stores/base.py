@@ -31,6 +31,8 @@ class PartitionState:
     rows: np.ndarray
     offset: int
     meta: dict[str, Any] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+    """Sensors evicted since the last save: a store that keeps sensors one by one forgets them."""
 
 
 class StateStore(Protocol):
@@ -39,11 +41,15 @@ class StateStore(Protocol):
     incremental: bool
     """True when a save holds only the sensors changed since the last one (else whole partitions)."""
 
+    corrupt_total: int
+    """Saved partitions or sensor records found unusable by :meth:`load` so far (they start fresh)."""
+
     def save(self, states: dict[Partition, PartitionState]) -> int:
         """Save durably; returns the bytes written."""
 
     def load(self, partitions: list[Partition]) -> dict[Partition, PartitionState]:
-        """The saved state of those partitions that have one."""
+        """The saved state of those partitions that have one; unusable saved state is
+        logged, counted in :attr:`corrupt_total` and left out (its sensors start fresh)."""
 
     def close(self) -> None:
         """Release resources."""

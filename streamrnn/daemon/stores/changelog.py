@@ -47,6 +47,7 @@ class ChangelogStateStore:
         self.row_dtype = row_dtype
         self.schema = _schema_hash(row_dtype)
         self.partitions = max(1, int(partitions))
+        self.corrupt_total = 0
         settings = client_settings(kafka_cfg)
         ensure_topics(settings, {topic: TopicSpec(self.partitions, configs={"cleanup.policy": "compact",
                                                                              "min.compaction.lag.ms": "60000"})})
@@ -73,6 +74,8 @@ class ChangelogStateStore:
         for tp, st in states.items():
             prefix = f"{tp[0]}/{tp[1]}/"
             cp = self._cp(tp)
+            for sid in st.removed:  # before the rows: a sensor evicted and back since keeps its new row
+                self.producer.send(self.topic, key=(prefix + sid).encode(), value=None, partition=cp)
             raw = st.rows.tobytes()
             size = self.row_dtype.itemsize
             for i, sid in enumerate(st.ids):
@@ -99,21 +102,34 @@ class ChangelogStateStore:
         rows: dict[Partition, tuple[list[str], list[bytes]]] = {tp: ([], []) for tp in partitions}
         metas: dict[Partition, dict[str, Any]] = {}
         header = _MAGIC + self.schema
+        size = len(header) + self.row_dtype.itemsize
         for key, value in latest.items():
-            k = key.decode()
+            k = key.decode(errors="replace")
             parts = k.split("/", 2)  # topic names cannot hold '/', sensor ids can
             if len(parts) != 3:
                 continue
             tp, sid = wanted.get(f"{parts[0]}/{parts[1]}/"), parts[2]
-            if tp is None or value is None:
+            if tp is None or value is None:  # not asked for, or a tombstone
                 continue
             if not sid:
-                metas[tp] = json.loads(value)
-            elif value[:12] == header:
+                try:
+                    meta = json.loads(value)
+                    int(meta["offset"])
+                    metas[tp] = meta
+                except (ValueError, TypeError, KeyError) as e:
+                    self.corrupt_total += 1
+                    log.error("changelog metadata of %s/%d unusable (%s): its sensors start fresh", tp[0], tp[1], e)
+                    metas.pop(tp, None)
+                    rows[tp] = ([], [])
+                    wanted.pop(f"{parts[0]}/{parts[1]}/")
+            elif value[:len(header)] == header and len(value) == size:
                 rows[tp][0].append(sid)
-                rows[tp][1].append(value[12:])
-            else:
+                rows[tp][1].append(value[len(header):])
+            elif value[:len(_MAGIC)] == _MAGIC and value[:len(header)] != header:
                 log.warning("changelog row %s has another schema; that sensor starts fresh", k)
+            else:
+                self.corrupt_total += 1
+                log.error("changelog row %s unusable (%d bytes): that sensor starts fresh", k, len(value))
         out = {}
         for tp, meta in metas.items():
             ids, blobs = rows[tp]

@@ -31,6 +31,7 @@ class LocalStateStore:
 
     def __init__(self, state_dir: str | Path) -> None:
         self.dir = Path(state_dir) / "partitions"
+        self.corrupt_total = 0
 
     def path(self, tp: Partition) -> Path:
         # '~' cannot appear in a Kafka topic name, so it separates topic and partition.
@@ -61,7 +62,8 @@ class LocalStateStore:
                 with np.load(io.BytesIO(data), allow_pickle=False) as z:
                     meta = json.loads(z["meta"].tobytes().decode())
                     out[tp] = PartitionState([str(s) for s in z["ids"].tolist()], z["rows"], int(meta.pop("offset")), meta)
-            except (OSError, ValueError, KeyError, IndexError, ArtifactError) as e:
+            except (OSError, ValueError, KeyError, IndexError, TypeError, ArtifactError) as e:
+                self.corrupt_total += 1
                 log.error("state of %s/%d unusable (%s): its sensors start fresh", tp[0], tp[1], e)
         return out
 

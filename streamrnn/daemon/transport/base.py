@@ -130,8 +130,8 @@ class Transport(Protocol):
     def partition_count(self, topic: str) -> int:
         """Partitions of a topic (1 if unknown)."""
 
-    def read_alert_keys(self, topic: str, from_offsets: dict[int, int], timeout: float = 30.0) -> set[tuple[str, float, str]]:
-        """``(sensor_id, ts, event)`` of the alerts published from these offsets to the end."""
+    def read_alert_keys(self, topic: str, from_offsets: dict[int, int], timeout: float = 30.0) -> set[tuple[str, float, str, str]]:
+        """``(sensor_id, ts, event, kind)`` of the alerts published from these offsets to the end."""
 
     def close(self) -> None:
         """Leave the group and close the clients."""

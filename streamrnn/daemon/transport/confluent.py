@@ -246,9 +246,9 @@ class ConfluentTransport:
         t = meta.topics.get(topic)
         return len(t.partitions) if t is not None and t.partitions else 1
 
-    def read_alert_keys(self, topic: str, from_offsets: dict[int, int], timeout: float = 30.0) -> set[tuple[str, float, str]]:
-        """``(sensor_id, ts, event)`` of the alerts published from these offsets to the end."""
-        keys: set[tuple[str, float, str]] = set()
+    def read_alert_keys(self, topic: str, from_offsets: dict[int, int], timeout: float = 30.0) -> set[tuple[str, float, str, str]]:
+        """``(sensor_id, ts, event, kind)`` of the alerts published from these offsets to the end."""
+        keys: set[tuple[str, float, str, str]] = set()
         if not from_offsets:
             return keys
         reader = Consumer({**client_settings(self.cfg), "group.id": f"{self.cfg.group_id}-alert-readback",
@@ -269,7 +269,7 @@ class ConfluentTransport:
                         continue
                     try:
                         a = orjson.loads(m.value() or b"")
-                        keys.add((a["sensor_id"], float(a["ts"]), a["event"]))
+                        keys.add((a["sensor_id"], float(a["ts"]), a["event"], a.get("kind", "anomaly")))
                     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                         continue
         except KafkaException as e:

@@ -195,14 +195,14 @@ class KafkaPythonTransport:
         parts = self.consumer.partitions_for_topic(topic)
         return len(parts) if parts else 1
 
-    def read_alert_keys(self, topic: str, from_offsets: dict[int, int], timeout: float = 30.0) -> set[tuple[str, float, str]]:
-        """``(sensor_id, ts, event)`` of the alerts published from these offsets to the end."""
-        keys: set[tuple[str, float, str]] = set()
+    def read_alert_keys(self, topic: str, from_offsets: dict[int, int], timeout: float = 30.0) -> set[tuple[str, float, str, str]]:
+        """``(sensor_id, ts, event, kind)`` of the alerts published from these offsets to the end."""
+        keys: set[tuple[str, float, str, str]] = set()
         try:
             for r in read_to_end(self.cfg, {TopicPartition(topic, p): o for p, o in from_offsets.items()}, timeout):
                 try:
                     a = orjson.loads(r.value)
-                    keys.add((a["sensor_id"], float(a["ts"]), a["event"]))
+                    keys.add((a["sensor_id"], float(a["ts"]), a["event"], a.get("kind", "anomaly")))
                 except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                     continue
         except KafkaError as e:
