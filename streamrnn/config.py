@@ -79,6 +79,7 @@ class KafkaConfig(_Section):
     reconnect_backoff_initial_seconds: float = Field(default=1.0, gt=0, le=600, description="First wait before retrying an unreachable broker.")
     reconnect_backoff_max_seconds: float = Field(default=30.0, gt=0, le=3600, description="Cap of the exponential backoff between broker retries.")
     request_timeout_ms: int = Field(default=30000, ge=1000, description="Timeout of one request to the broker.")
+    commit_timeout_seconds: float = Field(default=5.0, gt=0, le=600, description="Longest an offset commit may hold the poll loop (kafka-python); one not done in time is retried at the next checkpoint, the state being saved already.")
     connect_timeout_seconds: float = Field(default=10.0, gt=0, le=600, description="How long one connection attempt waits for the cluster before backing off and retrying.")
 
     @model_validator(mode="after")

@@ -85,6 +85,7 @@ class CheckpointCoordinator:
         self._departed: dict[Partition, list[str]] = {}  # evicted sensors not yet forgotten by the store
         self._corrupt_seen = 0
         self.failing = False  # the last checkpoint failed
+        self.commit_failing = False  # the last offset commit failed (the broker is not answering)
         # Only a store that keeps sensors one by one must be told which ones left.
         detector.bank.track_evictions = store.incremental
 
@@ -211,8 +212,10 @@ class CheckpointCoordinator:
             # are replayed and recognised as already seen, so nothing is scored twice.
             self.metrics.offset_commits.labels(result="failed").inc()
             log.warning("offset commit failed (will retry at the next checkpoint): %s", e)
+            self.commit_failing = True
             return False
         self.metrics.offset_commits.labels(result="ok").inc()
+        self.commit_failing = False
         return True
 
     # -- partitions arriving and leaving -------------------------------------------------

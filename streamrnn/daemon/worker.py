@@ -143,7 +143,7 @@ class Worker:
     def _checkpoint(self) -> CheckpointOutcome:
         assert self.checkpoints is not None
         outcome = self.checkpoints.checkpoint()
-        if outcome is CheckpointOutcome.FLUSH_FAILED:
+        if outcome is CheckpointOutcome.FLUSH_FAILED or self.checkpoints.commit_failing:
             self.link.report(False)
         return outcome
 

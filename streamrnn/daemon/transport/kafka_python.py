@@ -169,7 +169,10 @@ class KafkaPythonTransport:
         """Commit ``next offset to read`` per partition, synchronously."""
         if offsets:
             try:
-                self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+                # bounded: without a timeout a commit to a broker that just died holds the
+                # poll loop (and the broker_up report) for its whole request timeout
+                self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()},
+                                     timeout_ms=int(self.cfg.commit_timeout_seconds * 1000))
             except KafkaError as e:
                 raise TransportError(f"commit failed: {e}") from e
 
