@@ -18,7 +18,7 @@ import numpy as np
 from .alerts import Alerter, AlertEvent, AlertKind, AlertParams, Transition
 from .features import N_FEATURES, FeatureBuilder
 from .forecaster import GRUForecaster, scratch_for, weights_of
-from .kernel import BatchOutput, overdue, rewarm, ring_features, score_batch
+from .kernel import BatchOutput, advance_clocks, overdue, rewarm, ring_features, score_batch
 from .scoring import Scorer, ScoringParams
 from .state import BankParams, CapacityError, Column, StateBank
 
@@ -92,6 +92,7 @@ class Detector:
         # The event time each owner's readings have reached, at [owner + 1]: silence is
         # measured against it, so a replay raises the same no_data alerts as live.
         self.clocks = np.full(1, -np.inf)
+        self._scanned = self.clocks.copy()  # the clocks at the last scan for silent sensors
 
     def _serve(self, model: GRUForecaster, version: str) -> None:
         self.model = model.eval()
@@ -197,10 +198,18 @@ class Detector:
         fell silent by it (their no_data alerts are now open)."""
         if not accepted.any() or self.alerter.params.no_data_factor <= 0:
             return np.zeros(0, dtype=np.int64)
-        at = rows["owner"][slots[accepted]].astype(np.int64) + 1
-        if at.max() >= len(self.clocks):
-            self.clocks = np.concatenate([self.clocks, np.full(at.max() + 1 - len(self.clocks), -np.inf)])
-        np.maximum.at(self.clocks, at, ts[accepted])
+        need = advance_clocks(rows, slots, ts, accepted, self.clocks)
+        if need:
+            grow = np.full(need - len(self.clocks), -np.inf)
+            self.clocks, self._scanned = np.concatenate([self.clocks, grow]), np.concatenate([self._scanned, grow])
+            advance_clocks(rows, slots, ts, accepted, self.clocks)
+        # The scan costs a pass over the bank: run it once an owner's clock has moved on
+        # by a quarter of the shortest silence. Alerts opened later carry the same time,
+        # and a sensor back before the scan gets both events from its reading.
+        moved = self.clocks - np.where(np.isfinite(self._scanned), self._scanned, -np.inf)
+        if not (moved >= self.alerter.params.no_data_min_seconds / 4).any():
+            return np.zeros(0, dtype=np.int64)
+        self._scanned = self.clocks.copy()
         bank = self.bank
         found = np.zeros(bank.used, dtype=np.int64)
         n = overdue(bank.rows, bank.last_seen, bank.used, self.clocks, self.alerter.knobs, found)

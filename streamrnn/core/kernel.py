@@ -26,7 +26,7 @@ from .features import N_FEATURES, in_place_of_glitch, norm_std, normalise, repla
 from .forecaster import GRUScratch, GRUWeights, gru_step
 from .scoring import ScoringKnobs, score_step
 
-__all__ = ["BatchOutput", "overdue", "rewarm", "ring_features", "score_batch"]
+__all__ = ["BatchOutput", "advance_clocks", "overdue", "rewarm", "ring_features", "score_batch"]
 
 
 class BatchOutput(NamedTuple):
@@ -135,6 +135,24 @@ def score_batch(rows: np.ndarray, raw: np.ndarray, fresh: np.ndarray, order: np.
             out.peak[i] = r["peak_score"]
             n_events += 1
     return n_events
+
+
+@njit(cache=True)
+def advance_clocks(rows: np.ndarray, slots: np.ndarray, ts: np.ndarray, accepted: np.ndarray, clocks: np.ndarray) -> int:
+    """Move ``clocks[owner + 1]`` to the newest accepted reading of each owner; returns
+    0, or the length ``clocks`` must grow to (nothing moved then)."""
+    need = 0
+    for i in range(len(ts)):
+        if accepted[i]:
+            need = max(need, rows[slots[i]]["owner"] + 2)
+    if need > len(clocks):
+        return need
+    for i in range(len(ts)):
+        if accepted[i]:
+            o = rows[slots[i]]["owner"] + 1
+            if ts[i] > clocks[o]:
+                clocks[o] = ts[i]
+    return 0
 
 
 @njit(cache=True)
