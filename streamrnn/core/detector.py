@@ -206,7 +206,8 @@ class Detector:
         # The scan costs a pass over the bank: run it once an owner's clock has moved on
         # by a quarter of the shortest silence. Alerts opened later carry the same time,
         # and a sensor back before the scan gets both events from its reading.
-        moved = self.clocks - np.where(np.isfinite(self._scanned), self._scanned, -np.inf)
+        with np.errstate(invalid="ignore"):  # an owner with no reading yet: -inf - -inf
+            moved = self.clocks - np.where(np.isfinite(self._scanned), self._scanned, -np.inf)
         if not (moved >= self.alerter.params.no_data_min_seconds / 4).any():
             return np.zeros(0, dtype=np.int64)
         self._scanned = self.clocks.copy()
