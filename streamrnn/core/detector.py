@@ -198,16 +198,16 @@ class Detector:
         fell silent by it (their no_data alerts are now open)."""
         if not accepted.any() or self.alerter.params.no_data_factor <= 0:
             return np.zeros(0, dtype=np.int64)
-        need = advance_clocks(rows, slots, ts, accepted, self.clocks)
-        if need:
+        need = int(rows["owner"][slots[accepted]].max()) + 2
+        if need > len(self.clocks):
             grow = np.full(need - len(self.clocks), -np.inf)
             self.clocks, self._scanned = np.concatenate([self.clocks, grow]), np.concatenate([self._scanned, grow])
-            advance_clocks(rows, slots, ts, accepted, self.clocks)
+        advance_clocks(rows, slots, ts, accepted, self.clocks)
         # The scan costs a pass over the bank: run it once an owner's clock has moved on
-        # by a quarter of the shortest silence. Alerts opened later carry the same time,
-        # and a sensor back before the scan gets both events from its reading.
-        with np.errstate(invalid="ignore"):  # an owner with no reading yet: -inf - -inf
-            moved = self.clocks - np.where(np.isfinite(self._scanned), self._scanned, -np.inf)
+        # by a quarter of the shortest silence. Alerts opened later carry the same time
+        # (their deadline), and a sensor back before the scan gets both events from its reading.
+        with np.errstate(invalid="ignore"):  # an owner with no reading yet: -inf - -inf is NaN
+            moved = self.clocks - self._scanned
         if not (moved >= self.alerter.params.no_data_min_seconds / 4).any():
             return np.zeros(0, dtype=np.int64)
         self._scanned = self.clocks.copy()

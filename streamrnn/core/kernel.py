@@ -138,21 +138,14 @@ def score_batch(rows: np.ndarray, raw: np.ndarray, fresh: np.ndarray, order: np.
 
 
 @njit(cache=True)
-def advance_clocks(rows: np.ndarray, slots: np.ndarray, ts: np.ndarray, accepted: np.ndarray, clocks: np.ndarray) -> int:
-    """Move ``clocks[owner + 1]`` to the newest accepted reading of each owner; returns
-    0, or the length ``clocks`` must grow to (nothing moved then)."""
-    need = 0
-    for i in range(len(ts)):
-        if accepted[i]:
-            need = max(need, rows[slots[i]]["owner"] + 2)
-    if need > len(clocks):
-        return need
+def advance_clocks(rows: np.ndarray, slots: np.ndarray, ts: np.ndarray, accepted: np.ndarray, clocks: np.ndarray) -> None:
+    """Move ``clocks[owner + 1]`` on to the newest accepted reading of each owner
+    (``clocks`` already long enough for every owner in the batch)."""
     for i in range(len(ts)):
         if accepted[i]:
             o = rows[slots[i]]["owner"] + 1
             if ts[i] > clocks[o]:
                 clocks[o] = ts[i]
-    return 0
 
 
 @njit(cache=True)
