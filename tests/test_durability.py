@@ -293,7 +293,7 @@ def test_a_broker_killed_and_restarted_mid_stream_loses_and_repeats_no_alert(tmp
         # Open finding: with librdkafka about one run in three misses one produce
         # request's alerts (4 to 10 events). The object store shows the broker never
         # wrote them, and the worker got no failed delivery report (idempotence on did
-        # not change it); kafka-python never lost one. Until it is understood this
+        # not change it); kafka-python lost none in any run here. Until it is understood this
         # test would only flake.
         pytest.skip("alerts in flight through librdkafka at a tansu kill -9 can vanish without a delivery error")
 
