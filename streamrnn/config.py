@@ -56,6 +56,7 @@ class KafkaConfig(_Section):
     group_id: str = Field(default="streamrnn", min_length=1, description="Consumer group; all workers of one deployment share it.")
     alerts_topic: str = Field(default="sensor-alerts", min_length=1, description="Topic receiving alert events (keyed by sensor id).")
     dead_letter_topic: str = Field(default="sensor-dlq", min_length=1, description="Topic receiving rejected messages with the reason in headers.")
+    scores_topic: str | None = Field(default=None, min_length=1, description="Topic receiving one record per scored reading (sensor_id, ts, value, forecast, lower, upper, anomaly_score, surprise, model_version, tags), keyed by sensor id; unset: none.")
     client_id: str = Field(default="streamrnn", description="Client id reported to the broker.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(default="PLAINTEXT", description="Protocol used to talk to brokers.")
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = Field(default=None, description="SASL mechanism when security_protocol is SASL_*.")
@@ -208,13 +209,20 @@ def setting_fields(section_type: type) -> dict[str, FieldInfo]:
     return dict(fields)
 
 
+_INNER_KEY = re.compile(r"^Value error, ([A-Za-z_][\w.\[\]]*): (.*)$", re.S)
+
+
 def _format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".") or "(top level)"
         msg = e["msg"]
-        if e["type"] == "extra_forbidden":
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             msg = "unknown key"
+        inner = _INNER_KEY.match(msg) if e["type"] == "value_error" else None
+        if inner:  # a section's own check that names the key inside it
+            lines.append(f"{key}.{inner.group(1)}: {inner.group(2)}")
+            continue
         lines.append(f"{key}: {msg} (got {e.get('input')!r})" if e["type"] != "missing" else f"{key}: {msg}")
     return "; ".join(lines)
 

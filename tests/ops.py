@@ -102,11 +102,11 @@ class Prometheus:
 class Alertmanager:
     """An Alertmanager with gossip off, routing everything to one webhook receiver."""
 
-    def __init__(self, workdir: Path, webhook_url: str) -> None:
+    def __init__(self, workdir: Path, webhook_url: str, group_by: tuple[str, ...] = ("alertname", "sensor_id")) -> None:
         binary = require("prometheus-alertmanager")
         workdir.mkdir(parents=True, exist_ok=True)
         cfg = {
-            "route": {"receiver": "hook", "group_by": ["alertname", "sensor_id"], "group_wait": "1s",
+            "route": {"receiver": "hook", "group_by": list(group_by), "group_wait": "1s",
                       "group_interval": "1s", "repeat_interval": "1h"},
             "receivers": [{"name": "hook", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]}],
         }

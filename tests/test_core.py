@@ -164,13 +164,13 @@ def test_a_stuck_sensor_is_flagged(model_file) -> None:
 def test_alerter_warmup_hysteresis_and_cooldown() -> None:
     al = Alerter(AlertParams(threshold=0.9, resolve_threshold=0.5, warmup_readings=3, open_after=2, resolve_after=2,
                              cooldown_seconds=100))
-    bank = StateBank(Alerter.columns(), max_sensors=1, initial_capacity=1)
+    bank = StateBank(al.columns(), max_sensors=1, initial_capacity=1)
     slot = bank.assign(["s"])
     scores = [1, 1, 1, 1, 0.95, 0.7, 0.4, 0.95, 0.3, 0.2, 1, 1, 1, 1, 0.1, 0.1, 1, 1]
     ts = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 200, 201, 202, 203, 204, 205]
     events = []
     for i, (s, t) in enumerate(zip(scores, ts)):
-        _, event = alert_step(bank.rows[slot[0]], float(t), float(s), i + 1, al.knobs)
+        _, event = alert_step(bank.rows[slot[0]], float(t), float(s), i + 1, al.rules[0])
         events += [("open", t)] * (event == OPENED) + [("resolved", t)] * (event == RESOLVED)
     # no alert in warm-up (readings 1-3), opens after 2 high readings, 0.7 and 0.95 keep it open (hysteresis),
     # resolves after 2 readings below 0.5; the cooldown (100 s) holds back t=10 and t=20, so the

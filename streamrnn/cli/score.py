@@ -1,5 +1,9 @@
 """``streamrnn score``: the worker's detector over a CSV file, in the worker's batches.
 
+With ``message.value_fields`` configured the file is read in the wide layout (one
+column per value field, see :func:`~streamrnn.ingest.files.read_wide_csv`) and the
+output has one row per reading.
+
 Rows are fed to the same :class:`~streamrnn.core.Detector` in file order, in batches
 of ``batch_size`` rows, so a score computed here is the score the daemon would have
 produced for the same stream. Every row's score uses that row and earlier rows only.
@@ -15,7 +19,7 @@ import torch
 
 from ..config import Config
 from ..core import Detector
-from ..ingest.files import ReadingsFile, read_readings_csv, round_significant, write_csv
+from ..ingest.files import ReadingsFile, read_readings_csv, read_wide_csv, round_significant, write_csv
 from ..lifecycle.retraining import Retrainer, RetrainResult
 from ..lifecycle.serving import serving_detector
 
@@ -25,7 +29,10 @@ __all__ = ["score_command", "score_readings"]
 def score_command(cfg: Config, args: argparse.Namespace) -> int:
     """Run ``streamrnn score``; returns the exit code."""
     torch.set_num_threads(1)  # determinism and fair use of cores when files run in parallel
-    readings = read_readings_csv(args.input)
+    msg = cfg.message
+    readings = (read_wide_csv(args.input, sensor_field=msg.sensor_field, value_fields=msg.value_fields,
+                              separator=msg.field_separator, tag_fields=msg.tag_fields)
+                if msg.value_fields else read_readings_csv(args.input))
     detector = serving_detector(None, cfg.model.path, scoring=cfg.scoring, alerts=cfg.alerts, bank=cfg.state)
     retrainer = None
     if args.retrain_every > 0 and cfg.training.enabled and cfg.state.history_length:
@@ -33,7 +40,8 @@ def score_command(cfg: Config, args: argparse.Namespace) -> int:
         retrainer = Retrainer(dataclasses.replace(cfg.training, min_sensors=1), None)
     scored = score_readings(readings, detector, batch_size=args.batch_size, retrainer=retrainer, retrain_every=args.retrain_every,
                             max_sensor_id_length=cfg.message.max_sensor_id_length)
-    texts = {k: readings.columns[k] for k in ("sensor_id", "timestamp", "value") if k in readings.columns.column_names}
+    texts = {k: readings.columns[k] for k in ("sensor_id", "timestamp", "value", *msg.tag_fields)
+             if k in readings.columns.column_names}
     numbers = {k: (v if k == "is_anomaly" else round_significant(v)) for k, v in scored.items()}
     write_csv({**texts, **numbers}, args.output)
     if args.plot:
@@ -81,7 +89,8 @@ def score_readings(readings: ReadingsFile, detector: Detector, *, batch_size: in
         sl = np.arange(start, stop)
         sl = sl[good[sl]]
         if len(sl):
-            res = detector.process([ids[i] for i in sl], ts[sl], values[sl])
+            tags = None if readings.tags is None else [readings.tags[i] for i in sl]
+            res = detector.process([ids[i] for i in sl], ts[sl], values[sl], tags=tags)
             ok = res.accepted
             forecast[sl] = res.forecast
             fc_std[sl] = res.forecast_std

@@ -10,9 +10,11 @@ own timestamps, so replaying a stream gives the same events.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import NamedTuple
+from fnmatch import translate
 
 import numpy as np
 from numba import njit
@@ -22,7 +24,8 @@ from pydantic.dataclasses import dataclass as parameters
 from .parameters import PARAMS
 from .state import Column
 
-__all__ = ["NO_DATA_AFTER", "AlertEvent", "AlertKind", "AlertKnobs", "AlertParams", "Alerter", "Transition", "alert_step"]
+__all__ = ["NO_DATA_AFTER", "RULE_DTYPE", "AlertEvent", "AlertKind", "AlertOverride", "AlertParams", "Alerter", "Transition",
+           "alert_step"]
 
 NO_DATA_AFTER = 3
 """Readings a sensor needs (two intervals) before its silence can raise a ``no_data`` alert."""
@@ -42,6 +45,24 @@ class AlertKind(str, Enum):
     NO_DATA = "no_data"  # the sensor stopped reporting
 
 
+_OVERRIDABLE = ("enabled", "threshold", "resolve_threshold", "warmup_readings", "open_after", "resolve_after",
+                "cooldown_seconds")
+
+
+@parameters(frozen=True, kw_only=True, config=PARAMS)
+class AlertOverride:
+    """Alert settings for the sensors whose id matches ``match``; unset fields keep the defaults."""
+
+    match: str = Field(..., min_length=1, description="fnmatch glob on the sensor id (case-sensitive), e.g. 'rig-*/vibration'.")
+    enabled: bool | None = Field(default=None, description="false: score these sensors but never raise their alerts (anomaly or no_data).")
+    threshold: float | None = Field(default=None, gt=0, le=1, description="Surprise at or above which their alerts open.")
+    resolve_threshold: float | None = Field(default=None, ge=0, lt=1, description="Surprise below which a reading counts towards resolving.")
+    warmup_readings: int | None = Field(default=None, ge=0, description="Readings needed before they may alert.")
+    open_after: int | None = Field(default=None, ge=1, description="Consecutive readings at or above threshold that open an alert.")
+    resolve_after: int | None = Field(default=None, ge=1, description="Consecutive readings below resolve_threshold that resolve it.")
+    cooldown_seconds: float | None = Field(default=None, ge=0, description="No new alert for this long after a resolve.")
+
+
 @parameters(frozen=True, kw_only=True, config=PARAMS)
 class AlertParams:
     """When a surprise opens and resolves an alert."""
@@ -54,17 +75,45 @@ class AlertParams:
     cooldown_seconds: float = Field(default=600.0, ge=0, description="After a resolve, no new alert opens for this long (reading time).")
     no_data_factor: float = Field(default=10.0, ge=0, description="A no_data alert opens when a sensor's last reading is this many typical intervals old, by the event time its partition has reached (0 turns no_data alerts off).")
     no_data_min_seconds: float = Field(default=60.0, ge=0, description="...and at least this many seconds old.")
+    enabled: bool = Field(default=True, description="false: score every sensor but raise no alert (overrides can enable some).")
+    overrides: list[AlertOverride] = Field(default_factory=list, description="Per-sensor rules, first match on the sensor id wins: {match: GLOB} plus any of enabled, threshold, resolve_threshold, warmup_readings, open_after, resolve_after, cooldown_seconds.")
 
     @model_validator(mode="after")
     def _hysteresis(self) -> AlertParams:
         if self.resolve_threshold > self.threshold:
-            raise ValueError("resolve_threshold must not exceed threshold")
+            raise ValueError(f"resolve_threshold: {self.resolve_threshold} must not exceed threshold {self.threshold}")
+        for i, rule in enumerate(self.rules()[1:]):
+            if rule["resolve_threshold"] > rule["threshold"]:
+                # "key: message" lets the configuration name the dotted key
+                raise ValueError(f"overrides[{i}].resolve_threshold: {rule['resolve_threshold']} must not exceed the "
+                                 f"rule's threshold {rule['threshold']}")
         return self
+
+    def rules(self) -> list[dict[str, float | int | bool]]:
+        """The defaults, then each override merged over them: the settings each rule applies."""
+        base: dict[str, float | int | bool] = {name: getattr(self, name) for name in RULE_DTYPE.names or ()}
+        out = [base]
+        for o in self.overrides:
+            out.append(base | {k: getattr(o, k) for k in _OVERRIDABLE if getattr(o, k) is not None})
+        return out
+
+
+RULE_DTYPE = np.dtype([
+    ("threshold", "f8"), ("resolve_threshold", "f8"), ("warmup_readings", "i8"), ("open_after", "i8"),
+    ("resolve_after", "i8"), ("cooldown_seconds", "f8"), ("no_data_factor", "f8"), ("no_data_min_seconds", "f8"),
+    ("enabled", "?"),
+], align=True)
+"""One alert rule as the compiled pass reads it (a record of :attr:`Alerter.rules`)."""
 
 
 @dataclass(frozen=True)
 class AlertEvent:
-    """One alert event as published on the alerts topic (see DESIGN.md)."""
+    """One alert event as published on the alerts topic (see DESIGN.md).
+
+    ``evidence`` names the evidence that was strongest at the reading that opened the
+    alert and ``evidence_p`` its probability (None and NaN for no_data alerts);
+    ``tags`` are the sensor's tags, the latest its messages carried.
+    """
 
     sensor_id: str
     ts: float
@@ -78,29 +127,23 @@ class AlertEvent:
     opened_ts: float
     peak_score: float
     kind: AlertKind = AlertKind.ANOMALY
+    evidence: str | None = None
+    evidence_p: float = math.nan
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready dict (NaN numbers become null: a no_data alert has no forecast or score)."""
+        """JSON-ready dict (NaN numbers become null: a no_data alert has no forecast or score);
+        ``evidence`` is ``{"name", "probability"}`` or null."""
         d = asdict(self)
         d["event"] = self.event.value
         d["kind"] = self.kind.value
+        d["tags"] = dict(self.tags)
         for k in ("value", "forecast", "residual", "anomaly_score", "peak_score"):
             if not np.isfinite(d[k]):
                 d[k] = None
+        p = d.pop("evidence_p")
+        d["evidence"] = None if self.evidence is None else {"name": self.evidence, "probability": p if np.isfinite(p) else None}
         return d
-
-
-class AlertKnobs(NamedTuple):
-    """:class:`AlertParams` as the compiled pass uses them."""
-
-    threshold: float
-    resolve_threshold: float
-    warmup_readings: int
-    open_after: int
-    resolve_after: int
-    cooldown_seconds: float
-    no_data_factor: float
-    no_data_min_seconds: float
 
 
 # What an alert step did, per reading.
@@ -108,16 +151,17 @@ NO_EVENT, OPENED, RESOLVED = 0, 1, 2
 
 
 @njit(cache=True)
-def alert_step(r: np.void, t: float, surprise: float, count: int, k: AlertKnobs) -> tuple[bool, int]:
-    """Update one sensor's alert state by one reading; returns ``(is_anomaly, event)``
-    where event is NO_EVENT, OPENED or RESOLVED. ``count`` counts the sensor's
-    readings, this one included."""
-    high = count > k.warmup_readings and surprise >= k.threshold
+def alert_step(r: np.void, t: float, surprise: float, count: int, k: np.void) -> tuple[bool, int]:
+    """Update one sensor's alert state by one reading under its rule ``k`` (a
+    :data:`RULE_DTYPE` record); returns ``(is_anomaly, event)`` where event is NO_EVENT,
+    OPENED or RESOLVED. ``count`` counts the sensor's readings, this one included. A
+    rule that is not enabled flags readings but opens nothing."""
+    high = count > k["warmup_readings"] and surprise >= k["threshold"]
     above = r["above_run"] + 1 if high else 0
-    below = r["below_run"] + 1 if surprise < k.resolve_threshold else 0
+    below = r["below_run"] + 1 if surprise < k["resolve_threshold"] else 0
     is_open = r["alert_open"]
-    opened = not is_open and above >= k.open_after and t >= r["cooldown_until"]
-    resolved = is_open and below >= k.resolve_after
+    opened = not is_open and above >= k["open_after"] and t >= r["cooldown_until"] and k["enabled"]
+    resolved = is_open and below >= k["resolve_after"]
     if opened:
         r["peak_score"] = surprise
         r["opened_ts"] = t
@@ -127,32 +171,44 @@ def alert_step(r: np.void, t: float, surprise: float, count: int, k: AlertKnobs)
         r["peak_score"] = 0.0
     r["alert_open"] = (is_open or opened) and not resolved
     if resolved:
-        r["cooldown_until"] = t + k.cooldown_seconds
+        r["cooldown_until"] = t + k["cooldown_seconds"]
     r["above_run"] = above
     r["below_run"] = below
     return high, OPENED if opened else (RESOLVED if resolved else NO_EVENT)
 
 
 @njit(cache=True)
-def silence_limit(r: np.void, k: AlertKnobs) -> float:
-    """How old a sensor's last reading may get before it counts as silent (inf: never)."""
-    if k.no_data_factor <= 0 or r["count"] < NO_DATA_AFTER:
+def silence_limit(r: np.void, k: np.void) -> float:
+    """How old a sensor's last reading may get under rule ``k`` before it counts as silent (inf: never)."""
+    if k["no_data_factor"] <= 0 or r["count"] < NO_DATA_AFTER or not k["enabled"]:
         return math.inf
-    return max(k.no_data_factor * math.exp(r["logdt_mean"]), k.no_data_min_seconds)
+    return max(k["no_data_factor"] * math.exp(r["logdt_mean"]), k["no_data_min_seconds"])
 
 
 class Alerter:
-    """The alerter's state columns and compiled settings, from :class:`AlertParams`."""
+    """The alerter's state columns and compiled rules, from :class:`AlertParams`."""
 
     def __init__(self, params: AlertParams) -> None:
         self.params = params
         self.threshold = params.threshold
-        self.knobs = AlertKnobs(params.threshold, params.resolve_threshold, params.warmup_readings, params.open_after,
-                                params.resolve_after, params.cooldown_seconds, params.no_data_factor,
-                                params.no_data_min_seconds)
+        merged = params.rules()
+        self.rules = np.zeros(len(merged), dtype=RULE_DTYPE)
+        for i, rule in enumerate(merged):
+            for name, v in rule.items():
+                self.rules[i][name] = v
+        self._patterns = [re.compile(translate(o.match)).match for o in params.overrides]
 
-    @staticmethod
-    def columns() -> list[Column]:
+    def rule_of(self, sensor_ids: Sequence[str]) -> np.ndarray:
+        """The rule each sensor follows: 0 for the defaults, ``i + 1`` for ``overrides[i]``."""
+        out = np.zeros(len(sensor_ids), dtype=np.int16)
+        for k, sid in enumerate(sensor_ids):
+            for i, match in enumerate(self._patterns):
+                if match(sid) is not None:
+                    out[k] = i + 1
+                    break
+        return out
+
+    def columns(self) -> list[Column]:
         """State columns this component owns."""
         return [
             Column("alert_open", "bool", False),
@@ -162,4 +218,8 @@ class Alerter:
             Column("opened_ts", "float64", np.nan),
             Column("peak_score", "float64", 0.0),
             Column("silent_since", "float64", np.nan),  # when its open no_data alert began (NaN: none open)
+            # the rule it follows; -1 until the detector has matched its id (never saved state: rules are config)
+            Column("rule", "int16", -1 if self._patterns else 0),
+            Column("open_evidence", "int8", -1),  # what was strongest when its alert opened (see scoring.EVIDENCE)
+            Column("open_p", "float64", np.nan),  # ...and that evidence's probability
         ]

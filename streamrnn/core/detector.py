@@ -19,10 +19,14 @@ from .alerts import Alerter, AlertEvent, AlertKind, AlertParams, Transition
 from .features import N_FEATURES, FeatureBuilder
 from .forecaster import GRUForecaster, scratch_for, weights_of
 from .kernel import BatchOutput, advance_clocks, overdue, rewarm, ring_features, score_batch
-from .scoring import Scorer, ScoringParams
+from .scoring import EVIDENCE, Scorer, ScoringParams
 from .state import BankParams, CapacityError, Column, StateBank
+from .tags import NO_TAGS, Tags, TagTable
 
-__all__ = ["Detector", "ScoreResult"]
+__all__ = ["BAND_SIGMAS", "Detector", "ScoreResult"]
+
+BAND_SIGMAS = 3.0
+"""The forecast band is ``forecast -+ BAND_SIGMAS * forecast_std`` (scores stream, plots)."""
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +55,18 @@ class ScoreResult:
     events: list[AlertEvent] = field(default_factory=list)
     event_index: list[int] = field(default_factory=list)
     event_owner: list[int] = field(default_factory=list)
+    tag_keys: np.ndarray | None = None
+    """The key (in :attr:`Detector.tags`) of each reading's tags, when tags were given."""
 
     @property
     def n_scored(self) -> int:
         """How many readings were scored."""
         return int(self.accepted.sum())
+
+    def band(self) -> tuple[np.ndarray, np.ndarray]:
+        """The forecast band per reading, ``(lower, upper)`` (NaN where there is no forecast)."""
+        half = BAND_SIGMAS * self.forecast_std
+        return self.forecast - half, self.forecast + half
 
 
 class Detector:
@@ -84,6 +95,7 @@ class Detector:
             Column("hist_v", "float32", 0.0, (self.history_length,)),
             Column("hist_t", "float64", 0.0, (self.history_length,)),
             Column("hist_n", "int64", 0),
+            Column("tag_set", "int64", NO_TAGS),  # key of its latest tags in self.tags
         ]
         cols += self.features.columns() + self.scorer.columns() + self.alerter.columns()
         self.bank = StateBank(cols, max_sensors=bank.max_sensors, initial_capacity=bank.initial_capacity,
@@ -93,6 +105,7 @@ class Detector:
         # measured against it, so a replay raises the same no_data alerts as live.
         self.clocks = np.full(1, -np.inf)
         self._scanned = self.clocks.copy()  # the clocks at the last scan for silent sensors
+        self.tags = TagTable()
 
     def _serve(self, model: GRUForecaster, version: str) -> None:
         self.model = model.eval()
@@ -108,7 +121,7 @@ class Detector:
         rows = self.bank.rows
         score_batch(rows, self.bank.raw(), self.bank.fresh_bytes, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64),
                     np.zeros(0), np.zeros(0), self._weights, self._scratch, self.features.alpha_min, self.scorer.knobs,
-                    self.alerter.knobs, BatchOutput.empty(0))
+                    self.alerter.rules, BatchOutput.empty(0))
 
     @property
     def active_sensors(self) -> int:
@@ -149,29 +162,53 @@ class Detector:
         return [(ids[i], float(scores[i])) for i in top.tolist()]
 
     # -- scoring ---------------------------------------------------------------------------
+    def adopt(self, slots: np.ndarray, *, owner: int, tags: dict[str, dict[str, str]] | None = None) -> None:
+        """Take in restored sensors: mark their owner, match their ids to the alert
+        rules of this configuration (saved rules are not trusted: the overrides may have
+        changed) and learn the tag table saved with them."""
+        rows = self.bank.rows
+        rows["owner"][slots] = owner
+        self._match_rules(slots, np.ones(len(slots), dtype=bool))
+        if tags:
+            self.tags.learn(tags)
+
     def process(self, sensor_ids: Sequence[str], ts: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray,
-                owner: np.ndarray | None = None) -> ScoreResult:
+                owner: np.ndarray | None = None, *, tags: Sequence[Tags] | None = None) -> ScoreResult:
         """Score a batch of readings (any order, any mix of sensors).
 
         ``owner`` (optional, one int per reading) records which source owns each
         sensor, e.g. the Kafka partition, so its state can be saved and moved per owner.
+        ``tags`` (optional, one per reading) become each sensor's tags, the latest
+        tagged reading's winning (an untagged reading changes nothing); alert events
+        carry them.
         """
         ts = np.ascontiguousarray(ts, dtype=np.float64)
         values = np.ascontiguousarray(values, dtype=np.float64)
         n = len(sensor_ids)
-        if not (len(ts) == len(values) == n):
-            raise ValueError("sensor_ids, ts and values must have the same length")
+        if not (len(ts) == len(values) == n) or (tags is not None and len(tags) != n):
+            raise ValueError("sensor_ids, ts, values (and tags) must have the same length")
         try:
-            return self._process(sensor_ids, ts, values, owner)
+            return self._process(sensor_ids, ts, values, owner, tags)
         except CapacityError:
             if n < 2:
                 raise
             # More distinct sensors than the bank holds: score the batch in halves.
             h = n // 2
             o1, o2 = (None, None) if owner is None else (owner[:h], owner[h:])
-            return _concat(self.process(sensor_ids[:h], ts[:h], values[:h], o1), self.process(sensor_ids[h:], ts[h:], values[h:], o2), h)
+            t1, t2 = (None, None) if tags is None else (tags[:h], tags[h:])
+            return _concat(self.process(sensor_ids[:h], ts[:h], values[:h], o1, tags=t1),
+                           self.process(sensor_ids[h:], ts[h:], values[h:], o2, tags=t2), h)
 
-    def _process(self, sensor_ids: Sequence[str], ts: np.ndarray, values: np.ndarray, owner: np.ndarray | None) -> ScoreResult:
+    def _match_rules(self, slots: np.ndarray, pending: np.ndarray) -> None:
+        """Give the sensors in ``slots[pending]`` the rule their id matches."""
+        if not pending.any():
+            return
+        todo = slots[pending]
+        sensor_at = self.bank.sensor_at
+        self.bank.rows["rule"][todo] = self.alerter.rule_of([sensor_at(s) or "" for s in todo.tolist()])
+
+    def _process(self, sensor_ids: Sequence[str], ts: np.ndarray, values: np.ndarray, owner: np.ndarray | None,
+                 tags: Sequence[Tags] | None) -> ScoreResult:
         n = len(sensor_ids)
         out = BatchOutput.empty(n)
         if n == 0:
@@ -181,17 +218,25 @@ class Detector:
         rows = bank.rows  # assign may have grown the rows
         if owner is not None:
             rows["owner"][slots] = owner
+        self._match_rules(slots, rows["rule"][slots] < 0)  # sensors new to the bank, when overrides exist
         # by sensor, then time; arrival order breaks ties (a later duplicate is dropped)
         order = np.lexsort((np.arange(n), ts, slots)) if n > 1 else np.zeros(1, dtype=np.int64)
         n_events = score_batch(rows, bank.raw(), bank.fresh_bytes, order, slots, ts, values, self._weights, self._scratch,
-                               self.features.alpha_min, self.scorer.knobs, self.alerter.knobs, out)
+                               self.features.alpha_min, self.scorer.knobs, self.alerter.rules, out)
         if out.reset.any():
             reset = np.flatnonzero(out.reset)
             self.resets_total += len(reset)
             log.warning("state of %d sensor(s) became non-finite and was reset: %s", len(reset),
                         ", ".join(sorted({str(sensor_ids[i]) for i in reset.tolist()})[:10]))
+        keys = None
+        if tags is not None:
+            keys = self.tags.keys(tags)
+            # in time order per sensor, so the newest assignment wins; a reading without
+            # tags leaves the sensor's as they were
+            latest = order[out.accepted[order] & (keys[order] != NO_TAGS)]
+            rows["tag_set"][slots[latest]] = keys[latest]
         found = self._advance_clocks(rows, slots, ts, out.accepted)
-        return _result(out, *self._events(sensor_ids, ts, values, slots, order, out, n_events, found))
+        return _result(out, *self._events(sensor_ids, ts, values, slots, order, out, n_events, found), keys)
 
     def _advance_clocks(self, rows: np.ndarray, slots: np.ndarray, ts: np.ndarray, accepted: np.ndarray) -> np.ndarray:
         """Move each owner's clock to its newest reading; the slots of the sensors that
@@ -213,7 +258,7 @@ class Detector:
         self._scanned = self.clocks.copy()
         bank = self.bank
         found = np.zeros(bank.used, dtype=np.int64)
-        n = overdue(bank.rows, bank.last_seen, bank.used, self.clocks, self.alerter.knobs, found)
+        n = overdue(bank.rows, bank.last_seen, bank.used, self.clocks, self.alerter.rules, found)
         return found[:n]
 
     def _events(self, sensor_ids: Sequence[str], ts: np.ndarray, values: np.ndarray, slots: np.ndarray, order: np.ndarray,
@@ -221,44 +266,51 @@ class Detector:
         """The batch's alert events in time order, with their readings and owners."""
         rows = self.bank.rows
         made: list[tuple[float, AlertEvent, int, int]] = []
-        threshold = self.alerter.threshold
+        thresholds = self.alerter.rules["threshold"]
+        tags_of = self.tags.tags
 
-        def no_data(sid: str, t: float, value: float, transition: Transition, since: float) -> AlertEvent:
+        def no_data(sid: str, t: float, value: float, transition: Transition, since: float, r: np.void) -> AlertEvent:
             return AlertEvent(sensor_id=sid, ts=t, value=value, forecast=np.nan, residual=np.nan, anomaly_score=np.nan,
-                              threshold=threshold, model_version=self.model_version, event=transition, opened_ts=since,
-                              peak_score=np.nan, kind=AlertKind.NO_DATA)
+                              threshold=float(thresholds[r["rule"]]), model_version=self.model_version, event=transition,
+                              opened_ts=since, peak_score=np.nan, kind=AlertKind.NO_DATA, tags=tags_of(int(r["tag_set"])))
 
         if n_events:
             # per-sensor order, then by time; a reading's no_data events come before its anomaly event
             for i in order[np.flatnonzero(out.event[order] | out.silence[order])].tolist():
-                sid, t, owner = str(sensor_ids[i]), float(ts[i]), int(rows["owner"][slots[i]])
+                r = rows[slots[i]]
+                sid, t, owner = str(sensor_ids[i]), float(ts[i]), int(r["owner"])
                 since = float(out.silent_since[i])
                 if out.silence[i] == 2:
-                    made.append((since, no_data(sid, since, float(out.silent_value[i]), Transition.OPEN, since), -1, owner))
+                    made.append((since, no_data(sid, since, float(out.silent_value[i]), Transition.OPEN, since, r), -1, owner))
                 if out.silence[i]:
-                    made.append((t, no_data(sid, t, float(values[i]), Transition.RESOLVED, since), i, owner))
+                    made.append((t, no_data(sid, t, float(values[i]), Transition.RESOLVED, since, r), i, owner))
                 if out.event[i]:
+                    ev = int(out.evidence[i])
                     made.append((t, AlertEvent(
                         sensor_id=sid, ts=t, value=float(values[i]), forecast=float(out.forecast[i]),
-                        residual=float(out.residual[i]), anomaly_score=float(out.surprise[i]), threshold=threshold,
-                        model_version=self.model_version, event=Transition.OPEN if out.event[i] == 1 else Transition.RESOLVED,
+                        residual=float(out.residual[i]), anomaly_score=float(out.surprise[i]),
+                        threshold=float(thresholds[r["rule"]]), model_version=self.model_version,
+                        event=Transition.OPEN if out.event[i] == 1 else Transition.RESOLVED,
                         opened_ts=float(out.opened_ts[i]), peak_score=float(min(out.peak[i], 1.0)),
+                        evidence=EVIDENCE[ev] if 0 <= ev < len(EVIDENCE) else None, evidence_p=float(out.evidence_p[i]),
+                        tags=tags_of(int(r["tag_set"])),
                     ), i, owner))
         if len(found):
             sensor_at = self.bank.sensor_at
             for s in found.tolist():
                 r = rows[s]
                 since = float(r["silent_since"])
-                made.append((since, no_data(str(sensor_at(s)), since, float(r["last_value"]), Transition.OPEN, since), -1,
+                made.append((since, no_data(str(sensor_at(s)), since, float(r["last_value"]), Transition.OPEN, since, r), -1,
                              int(r["owner"])))
         made.sort(key=lambda m: m[0])  # stable: ties keep the order above
         return [m[1] for m in made], [m[2] for m in made], [m[3] for m in made]
 
 
-def _result(out: BatchOutput, events: list[AlertEvent], index: list[int], owners: list[int]) -> ScoreResult:
+def _result(out: BatchOutput, events: list[AlertEvent], index: list[int], owners: list[int],
+            tag_keys: np.ndarray | None = None) -> ScoreResult:
     return ScoreResult(accepted=out.accepted, forecast=out.forecast, forecast_std=out.forecast_std, residual=out.residual,
                        score=out.score, surprise=out.surprise, is_anomaly=out.is_anomaly, events=events, event_index=index,
-                       event_owner=owners)
+                       event_owner=owners, tag_keys=tag_keys)
 
 
 def _concat(a: ScoreResult, b: ScoreResult, offset: int) -> ScoreResult:
@@ -268,4 +320,5 @@ def _concat(a: ScoreResult, b: ScoreResult, offset: int) -> ScoreResult:
         score=np.concatenate([a.score, b.score]), surprise=np.concatenate([a.surprise, b.surprise]), is_anomaly=np.concatenate([a.is_anomaly, b.is_anomaly]),
         events=a.events + b.events, event_index=a.event_index + [i + offset if i >= 0 else i for i in b.event_index],
         event_owner=a.event_owner + b.event_owner,
+        tag_keys=None if a.tag_keys is None or b.tag_keys is None else np.concatenate([a.tag_keys, b.tag_keys]),
     )

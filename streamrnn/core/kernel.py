@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from .alerts import AlertKnobs, alert_step, silence_limit
+from .alerts import OPENED, alert_step, silence_limit
 from .evidence import PATTERN_LENGTH
 from .features import N_FEATURES, in_place_of_glitch, norm_std, normalise, replay_features, time_features
 from .forecaster import GRUScratch, GRUWeights, gru_step
@@ -46,6 +46,8 @@ class BatchOutput(NamedTuple):
     silence: np.ndarray  # int8: 0, or this reading ends a silence: 1 an open no_data alert, 2 one not yet opened
     silent_since: np.ndarray  # float64: when that no_data alert began
     silent_value: np.ndarray  # float64: the sensor's last value before it
+    evidence: np.ndarray  # int8, for events: the evidence that opened the alert (scoring.EVIDENCE)
+    evidence_p: np.ndarray  # float64, for events: its probability
 
     @classmethod
     def empty(cls, n: int) -> BatchOutput:
@@ -53,15 +55,16 @@ class BatchOutput(NamedTuple):
         def nan() -> np.ndarray:
             return np.full(n, np.nan)
         return cls(np.zeros(n, bool), nan(), nan(), nan(), nan(), nan(), np.zeros(n, bool), np.zeros(n, np.int8),
-                   nan(), nan(), np.zeros(n, bool), np.zeros(n, np.int8), nan(), nan())
+                   nan(), nan(), np.zeros(n, bool), np.zeros(n, np.int8), nan(), nan(), np.full(n, -1, np.int8), nan())
 
 
 @njit(cache=True)
 def score_batch(rows: np.ndarray, raw: np.ndarray, fresh: np.ndarray, order: np.ndarray, slots: np.ndarray, ts: np.ndarray,
                 values: np.ndarray, weights: GRUWeights, scratch: GRUScratch, norm_alpha: float, sk: ScoringKnobs,
-                ak: AlertKnobs, out: BatchOutput) -> int:
+                rules: np.ndarray, out: BatchOutput) -> int:
     """Score readings ``order`` (indices into ``slots``/``ts``/``values``, sorted by sensor
-    then time) against state ``rows``; returns how many alert events they raised.
+    then time) against state ``rows``, each sensor alerting by its rule in ``rules``
+    (indexed by its ``rule`` column); returns how many alert events they raised.
 
     ``raw`` is ``rows`` as bytes ``[rows, row size]`` and ``fresh`` a new sensor's row as
     bytes: a sensor whose state stops being finite is reset to it at once.
@@ -75,6 +78,7 @@ def score_batch(rows: np.ndarray, raw: np.ndarray, fresh: np.ndarray, order: np.
         v = values[i]
         if not t > r["last_ts"]:  # a replay or a duplicate: already reflected in the state
             continue
+        ak = rules[r["rule"]]
         since = r["silent_since"]
         if math.isfinite(since):  # back after a silence a scan already reported
             out.silence[i] = 1
@@ -107,20 +111,24 @@ def score_batch(rows: np.ndarray, raw: np.ndarray, fresh: np.ndarray, order: np.
         if not (math.isfinite(r["fc_mean"]) and math.isfinite(r["fc_std"]) and math.isfinite(std)):
             # Values near the float range can overflow the normaliser or the network:
             # start the sensor afresh from this reading's time rather than leave it blind.
-            owner = r["owner"]  # the partition it belongs to is no part of its history
+            # its partition, alert rule and tags are no part of its history
+            owner, rule, tag_set = r["owner"], r["rule"], r["tag_set"]
             raw[slots[i]] = fresh
-            r["owner"] = owner
+            r["owner"], r["rule"], r["tag_set"] = owner, rule, tag_set
             r["last_ts"] = t
             out.accepted[i] = True
             out.score[i] = 0.0
             out.surprise[i] = 0.0
             out.reset[i] = True
             continue
-        residual, surprise, score = score_step(r, t, v, fc_mean, fc_std, fc_scale, mean, math.exp(r["logdt_mean"]), count,
+        residual, surprise, score, evidence, p = score_step(r, t, v, fc_mean, fc_std, fc_scale, mean, math.exp(r["logdt_mean"]), count,
                                                glitch, sk, scratch_pattern)
         # Alerts follow the surprise: it stays high while the sensor misbehaves, which
         # is what keeps an alert open until the sensor is back to normal.
         high, event = alert_step(r, t, surprise, count, ak)
+        if event == OPENED:
+            r["open_evidence"] = evidence
+            r["open_p"] = p
         r["last_score"] = surprise
         out.accepted[i] = True
         out.forecast[i] = fc_mean
@@ -133,6 +141,8 @@ def score_batch(rows: np.ndarray, raw: np.ndarray, fresh: np.ndarray, order: np.
             out.event[i] = event
             out.opened_ts[i] = r["opened_ts"]
             out.peak[i] = r["peak_score"]
+            out.evidence[i] = r["open_evidence"]
+            out.evidence_p[i] = r["open_p"]
             n_events += 1
     return n_events
 
@@ -149,7 +159,7 @@ def advance_clocks(rows: np.ndarray, slots: np.ndarray, ts: np.ndarray, accepted
 
 
 @njit(cache=True)
-def overdue(rows: np.ndarray, last_seen: np.ndarray, used: int, clocks: np.ndarray, ak: AlertKnobs,
+def overdue(rows: np.ndarray, last_seen: np.ndarray, used: int, clocks: np.ndarray, rules: np.ndarray,
             found: np.ndarray) -> int:
     """Open a no_data alert for each held sensor whose last reading is older, by its
     owner's clock (``clocks[owner + 1]``), than its silence limit; their slots go into
@@ -164,7 +174,7 @@ def overdue(rows: np.ndarray, last_seen: np.ndarray, used: int, clocks: np.ndarr
         o = r["owner"] + 1
         if o < 0 or o >= len(clocks):
             continue
-        since = r["last_ts"] + silence_limit(r, ak)
+        since = r["last_ts"] + silence_limit(r, rules[r["rule"]])
         if clocks[o] > since:
             r["silent_since"] = since
             found[n] = s

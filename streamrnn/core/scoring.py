@@ -34,7 +34,11 @@ from .halflife import halflife_decay, halflife_weight
 from .parameters import PARAMS
 from .state import Column
 
-__all__ = ["Scorer", "ScoringKnobs", "ScoringParams", "onset_step", "score_step"]
+__all__ = ["EVIDENCE", "Scorer", "ScoringKnobs", "ScoringParams", "onset_step", "score_step"]
+
+EVIDENCE = ("residual", "run", "range", "time_of_day", "pattern", "stuck")
+"""Names of the pieces of evidence, by the code :func:`score_step` returns: what an alert says fired it."""
+RESIDUAL_EV, RUN_EV, RANGE_EV, PROFILE_EV, PATTERN_EV, STUCK_EV = range(len(EVIDENCE))
 
 
 @parameters(frozen=True, kw_only=True, config=PARAMS)
@@ -108,8 +112,10 @@ def onset_step(r: np.void, surprise: float, decay: float, margin: float) -> floa
 
 @njit(cache=True)
 def score_step(r: np.void, t: float, v: float, fc_mean: float, fc_std: float, scale: float, mean: float, interval: float,
-               count: int, glitch: bool, k: ScoringKnobs, scratch: np.ndarray) -> tuple[float, float, float]:
-    """``(residual, surprise, anomaly score)`` of one reading, updating the scorer's state.
+               count: int, glitch: bool, k: ScoringKnobs, scratch: np.ndarray) -> tuple[float, float, float, int, float]:
+    """``(residual, surprise, anomaly score, evidence, p)`` of one reading, updating the
+    scorer's state; ``evidence`` is the code (in :data:`EVIDENCE`) of the strongest piece
+    of evidence and ``p`` its probability, before the correction for looking several ways.
 
     ``fc_mean`` and ``fc_std`` are the forecast and its predicted deviation, ``scale``
     the sensor's normalising scale when the forecast was made, ``mean`` its running
@@ -126,23 +132,33 @@ def score_step(r: np.void, t: float, v: float, fc_mean: float, fc_std: float, sc
     learn = has_fc and count - 1 > k.learn_after and not glitch
     spread = fc_std if k.use_predicted_std else scale
     p = tail_step(r, RESIDUAL, miss / spread if has_fc else math.nan, learn, k.tail)
+    ev = RESIDUAL_EV
     if k.sustain_on:
         # Judged against the forecast's own predicted deviation: a run of residuals
         # that the model expected (a busy hour) is not evidence, the same run in a
         # calm hour is.
         u = (miss / fc_std if fc_std > 0 else 0.0) if has_fc else math.nan
-        p = min(p, sustain_step(r, u, count, k.clip, learn, k.tail))
+        q = sustain_step(r, u, count, k.clip, learn, k.tail)
+        if q < p:
+            p, ev = q, RUN_EV
     if k.range_on:
-        p = min(p, range_step(r, v, scale, mean, count - 1, k.range_tolerance, k.range_alpha, k.range_memory,
-                                  not glitch))
+        q = range_step(r, v, scale, mean, count - 1, k.range_tolerance, k.range_alpha, k.range_memory, not glitch)
+        if q < p:
+            p, ev = q, RANGE_EV
     if k.profile_on:
-        p = min(p, profile_step(r, t, v, scale, interval, learn, not glitch, k.profile_halflife_days,
-                                    k.tail))
+        q = profile_step(r, t, v, scale, interval, learn, not glitch, k.profile_halflife_days, k.tail)
+        if q < p:
+            p, ev = q, PROFILE_EV
     if k.pattern_on:
-        p = min(p, pattern_step(r, v, scale, mean, count, learn, k.tail, scratch))
+        q = pattern_step(r, v, scale, mean, count, learn, k.tail, scratch)
+        if q < p:
+            p, ev = q, PATTERN_EV
     surprise = surprise_from(min(k.n_tests * p, 1.0)) if has_fc else 0.0
-    surprise = max(surprise, surprise_from(stuck_step(r, v, count, k.stuck_readings, k.stuck_alpha)))
-    return residual, surprise, onset_step(r, surprise, k.onset_decay, k.onset_margin)
+    q = stuck_step(r, v, count, k.stuck_readings, k.stuck_alpha)
+    stuck = surprise_from(q)
+    if stuck > surprise:
+        surprise, p, ev = stuck, q, STUCK_EV
+    return residual, surprise, onset_step(r, surprise, k.onset_decay, k.onset_margin), ev, p
 
 
 class Scorer:

@@ -172,11 +172,15 @@ class CheckpointCoordinator:
                 "alerts_next": {str(p): o for p, o in self.outbox.alerts_position().items()}}
         self._note_evictions()
         states = {}
+        tagged = len(self.detector.tags) > 1
         for tp, (ids, slots) in self._owned(list(todo)).items():
+            part_meta = meta
+            if tagged:  # the tags every row of the partition names, saved or not this time
+                part_meta = {**meta, "tags": self.detector.tags.subset(np.unique(bank.rows["tag_set"][slots]).tolist())}
             if self.store.incremental:
                 touched = bank.touched_since(self._saved_tick, slots)
                 ids, slots = [i for i, t in zip(ids, touched.tolist(), strict=True) if t], slots[touched]
-            states[tp] = PartitionState(ids, bank.pack(slots), todo[tp], meta, removed=self._departed.get(tp, []))
+            states[tp] = PartitionState(ids, bank.pack(slots), todo[tp], part_meta, removed=self._departed.get(tp, []))
         try:
             size = self.store.save(states)
         except (OSError, TransportError) as e:
@@ -244,7 +248,8 @@ class CheckpointCoordinator:
             except CapacityError as e:
                 log.error("state of %s/%d does not fit the bank (%s): its sensors start fresh", tp[0], tp[1], e)
                 continue
-            bank.arrays["owner"][slots] = self.owner(tp)
+            tags = st.meta.get("tags")
+            self.detector.adopt(slots, owner=self.owner(tp), tags=tags if isinstance(tags, dict) else None)
             restored += len(slots)
             models.add(st.meta.get("model_version"))
             for p, off in st.meta.get("alerts_next", {}).items():

@@ -1,4 +1,4 @@
-"""Everything the worker sends out about readings: alert events and dead letters.
+"""Everything the worker sends out about readings: alert events, scores and dead letters.
 
 An alert event goes to the alerts topic (the durable record, keyed by sensor id), to
 every configured sink (best effort) and to the log. A rejected message goes to the
@@ -7,15 +7,22 @@ Connect's convention). Delivery reports come back on the producer's thread: the
 publisher keeps how far each alerts-topic partition has been acknowledged (saved with
 the state, for de-duplication after a replay), counts what failed, and keeps every
 refused record to send again: the checkpoint waits until none is left, so offsets are
-never committed past an alert or dead letter the broker has not stored.
+never committed past an alert, score or dead letter the broker has not stored.
+
+The scores stream (``kafka.scores_topic``) carries one record per scored reading,
+keyed by sensor id: the reading, its forecast band and scores, for a time-series
+database beside the alerts. It is produced a batch at a time, with one shared
+failure callback, because it is the one output whose volume is the input's.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
+import numpy as np
 import orjson
 
 from ..core import AlertEvent
@@ -35,16 +42,17 @@ class _Outgoing(NamedTuple):
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]] | None
-    kind: str  # "alert" or "dead_letter"
+    kind: str  # "alert", "score" or "dead_letter"
 
 
 class Publisher:
     """Publishes alert events and dead letters through one transport."""
 
     def __init__(self, transport: Transport, *, alerts_topic: str, dead_letter_topic: str, sinks: list[AlertSink],
-                 metrics: WorkerMetrics, log_alerts: bool) -> None:
+                 metrics: WorkerMetrics, log_alerts: bool, scores_topic: str | None = None) -> None:
         self.transport = transport
         self.alerts_topic = alerts_topic
+        self.scores_topic = scores_topic
         self.dead_letter_topic = dead_letter_topic
         self.sinks = sinks
         self.metrics = metrics
@@ -78,6 +86,32 @@ class Publisher:
                               extra={"sensor_id": ev.sensor_id, "partition": partition, "model_version": ev.model_version,
                                      "event": ev.event.value, "kind": ev.kind.value})
 
+    def scores(self, sensor_ids: Sequence[str], columns: Mapping[str, np.ndarray], *, model_version: str,
+               tags: Sequence[Mapping[str, str]] | None) -> int:
+        """Publish one record per reading to the scores topic: ``sensor_id``, then each of
+        ``columns`` (NaN becomes null), ``model_version`` and ``tags`` (the reading's
+        sensor's, ``{}`` when None); returns how many."""
+        if self.scores_topic is None or not len(sensor_ids):
+            return 0
+        names = list(columns)
+        rows = zip(sensor_ids, *(columns[k].tolist() for k in names), strict=True)
+        dumps = orjson.dumps
+        if tags is None:
+            none: dict[str, str] = {}
+            records = [(r[0].encode(), dumps({"sensor_id": r[0], **dict(zip(names, r[1:], strict=True)),
+                                              "model_version": model_version, "tags": none}))
+                       for r in rows]
+        else:
+            records = [(r[0].encode(), dumps({"sensor_id": r[0], **dict(zip(names, r[1:], strict=True)),
+                                              "model_version": model_version, "tags": t}))
+                       for r, t in zip(rows, tags, strict=True)]
+        self.transport.produce_many(self.scores_topic, records, on_error=self._score_refused)
+        self.metrics.scores_published.inc(len(records))
+        return len(records)
+
+    def _score_refused(self, key: bytes, value: bytes, exc: Exception) -> None:
+        self._refused_now(_Outgoing(self.scores_topic or "", key, value, None, "score"), exc)
+
     def alerts_position(self) -> dict[int, int]:
         """Per alerts-topic partition, the offset after the last acknowledged alert."""
         with self._lock:
@@ -105,9 +139,13 @@ class Publisher:
 
     def _send(self, out: _Outgoing) -> None:
         def on_refused(exc: Exception) -> None:  # on the producer's I/O thread
-            self.metrics.produce_errors.labels(topic_kind=out.kind).inc()
-            log.error("failed to deliver %s record (kept to send again): %s", out.kind, exc)
-            with self._lock:
-                self._refused.append(out)
+            self._refused_now(out, exc)
         self.transport.produce(out.topic, out.key, out.value, out.headers, on_error=on_refused,
                                on_success=self._alert_acked if out.kind == "alert" else None)
+
+    def _refused_now(self, out: _Outgoing, exc: Exception) -> None:
+        """Keep a refused record to send again (on the producer's I/O thread)."""
+        self.metrics.produce_errors.labels(topic_kind=out.kind).inc()
+        log.error("failed to deliver %s record (kept to send again): %s", out.kind, exc)
+        with self._lock:
+            self._refused.append(out)

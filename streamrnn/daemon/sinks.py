@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -157,12 +159,15 @@ class WebhookSink(AlertSink):
 class AlertmanagerSink(AlertSink):
     """Alertmanager's v2 API: ``POST /api/v2/alerts``.
 
-    Labels: ``alertname``, ``sensor_id``, ``severity`` and the configured static
-    labels, and ``kind``; alertname is ``alertname`` for anomalies and
-    ``no_data_alertname`` for silent sensors. Annotations carry value, forecast,
-    residual, score and model version (a no_data alert: value and model version). An
-    open alert is re-sent every ``resend_interval_seconds`` (Alertmanager resolves
-    alerts it stops hearing about); a resolve is sent with ``endsAt``.
+    Labels: the sensor's tags (names sanitised to label-name rules, see
+    :func:`tag_labels`), then ``alertname``, ``sensor_id``, ``kind``, ``severity``
+    (a tag never replaces these) and the configured static labels; alertname is
+    ``alertname`` for anomalies and ``no_data_alertname`` for silent sensors.
+    Annotations carry value, forecast, residual, score, the evidence and model version
+    (a no_data alert: value and model version). An open alert is re-sent every
+    ``resend_interval_seconds`` (Alertmanager resolves alerts it stops hearing about);
+    a resolve is sent with ``endsAt`` and the labels the alert opened with (Alertmanager
+    knows an alert by its labels, and a tag may have changed since).
     """
 
     def __init__(self, cfg: SinkConfig, metrics: WorkerMetrics, alerts: AlertsConfig) -> None:
@@ -185,8 +190,10 @@ class AlertmanagerSink(AlertSink):
         if not no_data:
             annotations |= {"forecast": f"{event.forecast:.6g}", "residual": f"{event.residual:.6g}",
                             "anomaly_score": f"{score:.6f}", "threshold": f"{event.threshold:.6f}"}
+            if event.evidence is not None:
+                annotations["evidence"] = f"{event.evidence} (p={event.evidence_p:.3g})"
         alert: dict[str, Any] = {
-            "labels": {"alertname": self.cfg.no_data_alertname if no_data else self.cfg.alertname,
+            "labels": {**tag_labels(event.tags), "alertname": self.cfg.no_data_alertname if no_data else self.cfg.alertname,
                        "sensor_id": event.sensor_id, "kind": event.kind.value, "severity": severity, **self.cfg.labels},
             "annotations": annotations,
             "startsAt": _rfc3339(event.opened_ts),
@@ -196,7 +203,9 @@ class AlertmanagerSink(AlertSink):
         with self._active_lock:
             if event.event is Transition.RESOLVED:
                 alert["endsAt"] = _rfc3339(min(event.ts, time.time()))
-                self._active.pop((event.sensor_id, event.kind), None)
+                opened = self._active.pop((event.sensor_id, event.kind), None)
+                if opened is not None:
+                    alert["labels"] = opened["labels"]
             else:
                 self._active[(event.sensor_id, event.kind)] = alert
         return [alert]
@@ -209,6 +218,24 @@ class AlertmanagerSink(AlertSink):
             active = list(self._active.values())
         if active:
             self.deliver(active)
+
+
+_LABEL_CHARS = re.compile(r"[^A-Za-z0-9_]")
+
+
+def tag_labels(tags: Mapping[str, str]) -> dict[str, str]:
+    """Tags as Alertmanager labels: characters outside ``[A-Za-z0-9_]`` become ``_``, a
+    name starting with a digit gets a leading ``_``, and one starting with ``__``
+    (reserved for Prometheus' own) is prefixed with ``tag``."""
+    out = {}
+    for name, value in tags.items():
+        label = _LABEL_CHARS.sub("_", name)
+        if not label or label[0].isdigit():
+            label = "_" + label
+        if label.startswith("__"):
+            label = "tag" + label
+        out[label] = value
+    return out
 
 
 def build_sinks(alerts: AlertsConfig, metrics: WorkerMetrics) -> list[AlertSink]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..core import Detector
+from ..core import Detector, ScoreResult
 from ..ingest.messages import MessageDecoder, Reason
 from ..lifecycle.registry import ModelRegistry
 from ..lifecycle.retraining import Retrainer
@@ -132,7 +132,7 @@ class Worker:
         self.transport = transport
         self.publisher = Publisher(transport, alerts_topic=self.cfg.kafka.alerts_topic,
                                    dead_letter_topic=self.cfg.kafka.dead_letter_topic, sinks=self.sinks, metrics=self.metrics,
-                                   log_alerts=self.cfg.alerts.log)
+                                   log_alerts=self.cfg.alerts.log, scores_topic=self.cfg.kafka.scores_topic)
         assert self.store is not None
         self.checkpoints = CheckpointCoordinator(
             detector=self.detector, store=self.store, transport=transport, alerts_topic=self.cfg.kafka.alerts_topic,
@@ -180,17 +180,23 @@ class Worker:
         decoded = self.decoder.decode(batch.values, now=time.time())
         for rej in decoded.rejections:
             self.publisher.dead_letter(batch.record(rej.index), rej.reason, rej.detail)
+        for reason, count in decoded.bad_fields.items():
+            self.metrics.fields_rejected.labels(reason=reason.value).inc(count)
 
         owner = batch.partition_index({tp: self.checkpoints.owner(tp) for tp in self._assigned})
-        res = self.detector.process(decoded.sensor_ids, decoded.ts, decoded.values, owner[decoded.index])
+        index = np.asarray(decoded.index, dtype=np.int64)
+        res = self.detector.process(decoded.sensor_ids, decoded.ts, decoded.values, owner[index], tags=decoded.tags)
         stale = np.flatnonzero(~res.accepted)
         if len(stale):
             if self.cfg.message.out_of_order == "dead_letter":
-                for i in stale.tolist():
-                    self.publisher.dead_letter(batch.record(decoded.index[i]), Reason.OUT_OF_ORDER,
+                # a wide message's readings are stale together: one dead letter per message
+                for i in np.unique(index[stale]).tolist():
+                    self.publisher.dead_letter(batch.record(i), Reason.OUT_OF_ORDER,
                                                "timestamp at or before the sensor's last reading")
             else:
                 self.metrics.readings_dropped.labels(reason=Reason.OUT_OF_ORDER.value).inc(len(stale))
+        if self.publisher.scores_topic is not None:
+            self._publish_scores(decoded.sensor_ids, decoded.ts, decoded.values, res)
         for ev, mark in zip(res.events, res.event_owner, strict=True):
             if not self.checkpoints.replayed(ev):
                 tp = self.checkpoints.partition_of(mark)
@@ -211,6 +217,21 @@ class Worker:
         if resets > self._resets_seen:
             m.sensor_resets.labels(reason="non_finite_state").inc(resets - self._resets_seen)
             self._resets_seen = resets
+
+    def _publish_scores(self, sensor_ids: list[str], ts: list[float], values: list[float], res: ScoreResult) -> None:
+        """One scores-topic record per scored reading (the batch's columns, filtered once)."""
+        assert self.publisher is not None
+        ok = np.flatnonzero(res.accepted)
+        lower, upper = res.band()
+        ids = [sensor_ids[i] for i in ok.tolist()]
+        tags = None
+        if res.tag_keys is not None:
+            tags_of = self.detector.tags.tags
+            tags = [tags_of(k) for k in res.tag_keys[ok].tolist()]
+        self.publisher.scores(ids, {
+            "ts": np.asarray(ts)[ok], "value": np.asarray(values)[ok], "forecast": res.forecast[ok], "lower": lower[ok],
+            "upper": upper[ok], "anomaly_score": res.score[ok], "surprise": res.surprise[ok],
+        }, model_version=self.detector.model_version, tags=tags)
 
     # -- rebalances -----------------------------------------------------------------
     def _on_assign(self, partitions: list[Partition]) -> None:

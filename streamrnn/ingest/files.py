@@ -1,7 +1,10 @@
 """Readings files: CSV in, parsed columns out, and scored columns back to CSV.
 
 A readings file holds ``timestamp,value`` and optionally ``sensor_id`` (any other
-columns are kept as text). Every column is read as text, so what is written back is
+columns are kept as text). A *wide* file, the CSV form of wide messages, holds
+``timestamp``, a device column, one column per value field and optional tag columns;
+each non-empty value cell is one reading of sensor ``<device><separator><field>``, in
+row order and then field order (see :func:`read_wide_csv`). Every column is read as text, so what is written back is
 what was read; timestamps and values are then parsed column-wise by the same rules
 the message decoder applies one message at a time. Reading and writing go through
 Arrow's CSV engine: a million rows take a fraction of a second either way.
@@ -21,19 +24,22 @@ import pyarrow.csv as pcsv
 from numba import njit
 
 from ..core import compiled  # noqa: F401  (places the compiled-code cache before njit below)
+from ..core.tags import Tags
 from .timestamps import parse_timestamps
 
-__all__ = ["ReadingsFile", "parse_values", "read_readings_csv", "round_significant", "write_csv"]
+__all__ = ["ReadingsFile", "parse_values", "read_readings_csv", "read_wide_csv", "round_significant", "write_csv"]
 
 
 @dataclass
 class ReadingsFile:
-    """A readings file: its columns as read, and the parsed readings (NaN where unparsable)."""
+    """A readings file: its columns as read (one row per reading), and the parsed
+    readings (NaN where unparsable); ``tags`` per reading when the file has tag columns."""
 
     columns: pa.Table
     sensor_ids: list[str] | None
     ts: np.ndarray
     values: np.ndarray
+    tags: list[Tags] | None = None
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -55,15 +61,59 @@ def parse_values(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
         return np.array([_as_float(t) for t in trimmed.to_pylist()], dtype=np.float64)
 
 
-def read_readings_csv(path: str | Path) -> ReadingsFile:
-    """Read ``timestamp,value[,sensor_id]`` as text and parse the readings."""
+def _read_text_csv(path: str | Path) -> pa.Table:
     try:
         with open(path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
-        table = pcsv.read_csv(str(path), convert_options=pcsv.ConvertOptions(
+        return pcsv.read_csv(str(path), convert_options=pcsv.ConvertOptions(
             column_types={name: pa.string() for name in header}, strings_can_be_null=False))
     except (OSError, UnicodeDecodeError, pa.ArrowInvalid) as e:
         raise ValueError(f"{path}: not a readable CSV: {e}") from None
+
+
+def read_wide_csv(path: str | Path, *, sensor_field: str, value_fields: list[str], separator: str,
+                  tag_fields: list[str]) -> ReadingsFile:
+    """Read a wide file: ``timestamp``, ``sensor_field``, the ``value_fields`` and any of
+    the ``tag_fields`` present; one reading per non-empty value cell. The columns
+    returned are ``sensor_id`` (``<device><separator><field>``), ``timestamp``, ``value``
+    and the tag columns, one row per reading."""
+    table = _read_text_csv(path)
+    missing = {"timestamp", sensor_field} - set(table.column_names)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    fields = [f for f in value_fields if f in table.column_names]
+    if not fields:
+        raise ValueError(f"{path}: none of the value fields {', '.join(value_fields)} is a column")
+    tags = [f for f in tag_fields if f in table.column_names]
+    rows, cols, ids, texts = [], [], [], []
+    device = table[sensor_field]
+    for k, f in enumerate(fields):
+        text = pc.utf8_trim_whitespace(table[f])
+        present = np.flatnonzero(pc.not_equal(text, "").to_numpy(zero_copy_only=False))
+        rows.append(present)
+        cols.append(np.full(len(present), k))
+        ids.append(pc.take(pc.binary_join_element_wise(device, pa.scalar(separator + f), ""), pa.array(present)))
+        texts.append(pc.take(table[f], pa.array(present)))
+    row, col = np.concatenate(rows), np.concatenate(cols)
+    order = pa.array(np.lexsort((col, row)))  # row order, then field order: time order as written
+    row = row[order.to_numpy()]
+    out = {"sensor_id": pc.take(pa.chunked_array([c for a in ids for c in a.chunks]), order),
+           "timestamp": pc.take(table["timestamp"], pa.array(row)),
+           "value": pc.take(pa.chunked_array([c for a in texts for c in a.chunks]), order)}
+    for f in tags:
+        out[f] = pc.take(table[f], pa.array(row))
+    melted = pa.table(out)
+    tag_values = None
+    if tags:
+        tag_rows = zip(*(melted[f].to_pylist() for f in tags), strict=True)
+        tag_values = [tuple((f, v) for f, v in zip(tags, r, strict=True) if v != "") for r in tag_rows]
+    return ReadingsFile(melted, melted["sensor_id"].to_pylist(), parse_timestamps(melted["timestamp"]),
+                        parse_values(melted["value"]), tag_values)
+
+
+def read_readings_csv(path: str | Path) -> ReadingsFile:
+    """Read ``timestamp,value[,sensor_id]`` as text and parse the readings."""
+    table = _read_text_csv(path)
     missing = {"timestamp", "value"} - set(table.column_names)
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")

@@ -3,11 +3,18 @@
 A reading is ``(sensor_id, ts, value)`` with ``ts`` in epoch seconds (UTC). Decoding
 is the one step that must touch every message in Python, so :class:`MessageDecoder`
 works on a whole poll batch and returns columns ready for the vectorised core.
+
+A *wide* message (``value_fields`` set) carries several measurements of one device:
+each listed field becomes a reading of sensor ``<device><field_separator><field>``,
+all at the message's time. Its bad fields are counted and left out; only a message
+with no good field is rejected. ``tag_fields`` are identifying fields (site, line)
+carried with every reading of the message.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -20,6 +27,7 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass as parameters
 
 from ..core.parameters import PARAMS
+from ..core.tags import Tags
 from .timestamps import epoch_numbers, parse_timestamp, parse_timestamps
 
 __all__ = ["DecodedBatch", "MessageDecoder", "MessageParams", "Reason", "Rejection"]
@@ -32,8 +40,11 @@ class MessageParams:
     sensor_field: str = Field(default="sensor_id", min_length=1, description="JSON field holding the sensor id.")
     time_field: str = Field(default="ts", min_length=1, description="JSON field holding the timestamp: epoch s, ms, µs or ns (told apart by magnitude) or ISO-8601.")
     value_field: str = Field(default="value", min_length=1, description="JSON field holding the numeric value.")
+    value_fields: list[str] | None = Field(default=None, min_length=1, description="Wide messages: each of these fields present in a message is one reading of sensor <sensor_field value><field_separator><field> (value_field is then not used).")
+    field_separator: str = Field(default="/", description="Joins the device id and the field name into a wide message's sensor ids.")
+    tag_fields: list[str] = Field(default_factory=list, description="Fields whose values (strings or numbers) tag the message's sensors; the latest are kept per sensor and carried by its alerts.")
     max_clock_skew_seconds: float = Field(default=3600.0, ge=0, description="A reading dated more than this ahead of the worker's clock is dead-lettered as future_timestamp, so one bad clock cannot silence its sensor (0 disables).")
-    max_sensor_id_length: int = Field(default=256, ge=1, description="Longer sensor ids are dead-lettered as bad_sensor_id.")
+    max_sensor_id_length: int = Field(default=256, ge=1, description="Longer sensor ids are dead-lettered as bad_sensor_id; longer tag values are left out (counted as bad_tag).")
     out_of_order: Literal["drop", "dead_letter"] = Field(default="drop", description="What to do with a reading at or before its sensor's last timestamp (replays after a crash are expected, so the default counts and drops them).")
 
 
@@ -49,6 +60,7 @@ class Reason(str, Enum):
     FUTURE_TIMESTAMP = "future_timestamp"
     BAD_SENSOR_ID = "bad_sensor_id"
     OUT_OF_ORDER = "out_of_order"
+    BAD_TAG = "bad_tag"  # a tag value that is not a string or number, or too long: left out, never a rejection
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,10 @@ class DecodedBatch:
     """Columns of the good readings of a batch, plus the rejections.
 
     ``index[i]`` is the position in the input batch of reading ``i`` so callers can map
-    results back to the source record.
+    results back to the source record (a wide message has several readings). ``tags``
+    holds each reading's tags when tag fields are configured, else None.
+    ``bad_fields`` counts, by reason, the fields left out of wide messages and the tag
+    values left out.
     """
 
     index: list[int] = field(default_factory=list)
@@ -73,6 +88,8 @@ class DecodedBatch:
     ts: list[float] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    tags: list[Tags] | None = None
+    bad_fields: Counter[Reason] = field(default_factory=Counter)
 
 
 def _parse_value(raw: Any) -> float:
@@ -105,15 +122,23 @@ class MessageDecoder:
         column-wise ISO-8601 parser), by the same rules as :func:`parse_timestamp`.
         """
         payloads = list(payloads)
-        out = DecodedBatch()
-        rej = out.rejections.append
+        out = DecodedBatch(tags=[] if self.params.tag_fields else None)
         try:
             # a None payload (tombstone) raises TypeError and takes the one-by-one path
             objs: list[Any] = list(map(orjson.loads, cast("list[bytes]", payloads)))
         except (orjson.JSONDecodeError, TypeError):
-            objs = [self._loads(i, raw, rej) for i, raw in enumerate(payloads)]
+            objs = [self._loads(i, raw, out.rejections.append) for i, raw in enumerate(payloads)]
+        raw_ts = self._wide(objs, out) if self.params.value_fields else self._narrow(objs, out)
+        skew = self.params.max_clock_skew_seconds
+        self._timestamps(out, raw_ts, latest=now + skew if now is not None and skew > 0 else None)
+        return out
+
+    def _narrow(self, objs: list[Any], out: DecodedBatch) -> list[Any]:
+        """One reading per message; returns the readings' raw timestamps."""
+        rej = out.rejections.append
         sf, tf, vf = self.sensor_field, self.time_field, self.value_field
         index, ids, values = out.index, out.sensor_ids, out.values
+        tags = out.tags
         raw_ts: list[Any] = []
         isfinite = math.isfinite
         max_id = self.params.max_sensor_id_length
@@ -153,9 +178,89 @@ class MessageDecoder:
             ids.append(sid)
             values.append(value)
             raw_ts.append(t)
-        skew = self.params.max_clock_skew_seconds
-        self._timestamps(out, raw_ts, latest=now + skew if now is not None and skew > 0 else None)
-        return out
+            if tags is not None:
+                tags.append(self._tags(obj, out.bad_fields))
+        return raw_ts
+
+    def _wide(self, objs: list[Any], out: DecodedBatch) -> list[Any]:
+        """One reading per good value field of each message; returns their raw timestamps."""
+        rej = out.rejections.append
+        sf, tf, sep = self.sensor_field, self.time_field, self.params.field_separator
+        fields = self.params.value_fields or []
+        index, ids, values, bad = out.index, out.sensor_ids, out.values, out.bad_fields
+        tags = out.tags
+        raw_ts: list[Any] = []
+        max_id = self.params.max_sensor_id_length
+        for i, obj in enumerate(objs):
+            try:
+                sid, t = obj[sf], obj[tf]
+            except (KeyError, TypeError):
+                self._reject_shape(i, obj, rej)
+                continue
+            if sid is None or sid == "" or t is None:
+                self._reject_shape(i, obj, rej)
+                continue
+            tid = type(sid)
+            if tid is str:
+                if len(sid) > max_id:
+                    rej(Rejection(i, Reason.BAD_SENSOR_ID, f"{sf} of {len(sid)} characters, at most {max_id}"))
+                    continue
+            elif tid is int or (tid is float and math.isfinite(sid)):
+                sid = str(sid)
+            else:
+                rej(Rejection(i, Reason.BAD_SENSOR_ID, f"{sf}={sid!r:.80} is not a string or number"))
+                continue
+            good = 0
+            first_bad: tuple[Reason, str] | None = None
+            for f in fields:
+                v = obj.get(f)
+                if v is None:
+                    reason, detail = Reason.MISSING_FIELD, f"missing {f}"
+                else:
+                    try:
+                        value = float(v) if type(v) is float or type(v) is int else _parse_value(v)
+                        if math.isfinite(value):
+                            index.append(i)
+                            ids.append(sid + sep + f)
+                            values.append(value)
+                            raw_ts.append(t)
+                            good += 1
+                            continue
+                        reason, detail = Reason.NON_FINITE_VALUE, f"{f}={v!r:.80}"
+                    except (TypeError, ValueError):
+                        reason, detail = Reason.NON_NUMERIC_VALUE, f"{f}={v!r:.80}"
+                bad[reason] += 1
+                if first_bad is None:
+                    first_bad = reason, detail
+            if not good:
+                assert first_bad is not None  # value_fields is never empty
+                rej(Rejection(i, first_bad[0], f"no good value field: {first_bad[1]}"))
+            elif tags is not None:
+                t_of = self._tags(obj, bad)
+                tags.extend([t_of] * good)
+        return raw_ts
+
+    def _tags(self, obj: dict[str, Any], bad: Counter[Reason]) -> Tags:
+        """A message's tags: its tag fields that hold a string or number (missing ones are left out)."""
+        got = []
+        max_len = self.params.max_sensor_id_length
+        for f in self.params.tag_fields:
+            v = obj.get(f)
+            if v is None:
+                continue
+            tv = type(v)
+            if tv is str:
+                text = v
+            elif tv is int or (tv is float and math.isfinite(v)):
+                text = str(v)
+            else:
+                bad[Reason.BAD_TAG] += 1
+                continue
+            if len(text) > max_len:
+                bad[Reason.BAD_TAG] += 1
+                continue
+            got.append((f, text))
+        return tuple(got)
 
     def _reject_shape(self, i: int, obj: Any, rej: Callable[[Rejection], None]) -> None:
         """Reject a message that is not an object, or lacks a field."""
@@ -164,8 +269,9 @@ class MessageDecoder:
         if type(obj) is not dict:
             rej(Rejection(i, Reason.NOT_OBJECT, f"JSON {type(obj).__name__}, expected an object"))
             return
-        fields = ((self.sensor_field, obj.get(self.sensor_field)), (self.time_field, obj.get(self.time_field)),
-                  (self.value_field, obj.get(self.value_field)))
+        fields = [(self.sensor_field, obj.get(self.sensor_field)), (self.time_field, obj.get(self.time_field))]
+        if not self.params.value_fields:
+            fields.append((self.value_field, obj.get(self.value_field)))
         rej(Rejection(i, Reason.MISSING_FIELD, "missing " + ", ".join(f for f, x in fields if x is None or x == "")))
 
     @staticmethod
@@ -213,12 +319,18 @@ class MessageDecoder:
         for k in np.flatnonzero(future).tolist():
             out.rejections.append(Rejection(out.index[k], Reason.FUTURE_TIMESTAMP,
                                             f"timestamp {raw_ts[k]!r:.80} is {ts[k] - bound:.0f} s past the clock bound"))
-        out.rejections.sort(key=lambda r: r.index)
+        # the readings of one wide message share its timestamp: one rejection per message
+        seen: set[int] = set()
+        out.rejections = [r for r in sorted(out.rejections, key=lambda r: r.index)
+                          if r.reason not in (Reason.BAD_TIMESTAMP, Reason.FUTURE_TIMESTAMP)
+                          or not (r.index in seen or seen.add(r.index))]  # type: ignore[func-returns-value]
         good = ~bad & ~future
         keep = good.tolist()
         out.index = [i for i, k in zip(out.index, keep, strict=True) if k]
         out.sensor_ids = [s for s, k in zip(out.sensor_ids, keep, strict=True) if k]
         out.values = [v for v, k in zip(out.values, keep, strict=True) if k]
+        if out.tags is not None:
+            out.tags = [t for t, k in zip(out.tags, keep, strict=True) if k]
         out.ts = ts[good].tolist()
 
 

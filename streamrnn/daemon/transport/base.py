@@ -118,6 +118,12 @@ class Transport(Protocol):
                 on_success: Callable[[Delivery], None] | None = None) -> None:
         """Queue a record; its delivery report goes to ``on_error`` or ``on_success``."""
 
+    def produce_many(self, topic: str, records: list[tuple[bytes, bytes]], *,
+                     on_error: Callable[[bytes, bytes, Exception], None]) -> None:
+        """Queue many ``(key, value)`` records at once; each refused one goes to
+        ``on_error(key, value, exc)`` (no report for the delivered: the cheap path for
+        a record per reading)."""
+
     def flush(self, timeout_s: float) -> None:
         """Wait until every queued record has its delivery report (TransportError on timeout)."""
 

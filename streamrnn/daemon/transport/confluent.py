@@ -205,6 +205,25 @@ class ConfluentTransport:
                 on_error(e)
                 return
 
+    def produce_many(self, topic: str, records: list[tuple[bytes, bytes]], *,
+                     on_error: Callable[[bytes, bytes, Exception], None]) -> None:
+        """Queue many ``(key, value)`` records; each refused one goes to ``on_error(key, value, exc)``."""
+        def report(err: KafkaError | None, msg: Message) -> None:  # one callback for them all
+            if err is not None:
+                on_error(cast(bytes, msg.key()), cast(bytes, msg.value()), KafkaException(err))
+
+        produce = self.producer.produce
+        for key, value in records:
+            while True:
+                try:
+                    produce(topic, value=value, key=key, on_delivery=report)
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain, then retry
+                    self.producer.poll(0.05)
+                except KafkaException as e:
+                    on_error(key, value, e)
+                    break
+
     def flush(self, timeout_s: float) -> None:
         """Wait until every queued record has its delivery report (TransportError on timeout)."""
         left = self.producer.flush(timeout_s)

@@ -193,6 +193,16 @@ class KafkaPythonTransport:
             done = on_success
             fut.add_callback(lambda md: done(Delivery(md.topic, md.partition, md.offset)))
 
+    def produce_many(self, topic: str, records: list[tuple[bytes, bytes]], *,
+                     on_error: Callable[[bytes, bytes, Exception], None]) -> None:
+        """Queue many ``(key, value)`` records; each refused one goes to ``on_error(key, value, exc)``."""
+        send = self.producer.send
+        for key, value in records:
+            try:
+                send(topic, key=key, value=value).add_errback(on_error, key, value)
+            except KafkaError as e:
+                on_error(key, value, e)
+
     def partition_count(self, topic: str) -> int:
         """Partitions of a topic (1 if unknown)."""
         parts = self.consumer.partitions_for_topic(topic)
