@@ -2,7 +2,7 @@
 """Worker throughput against raw consumption of the same topic with the same client.
 
     python benchmarks/throughput.py [--clients kafka-python,confluent-kafka] [--readings 200000] [--sensors 1000]
-                                    [--partitions 8] [--rounds 3] [--json FILE]
+                                    [--partitions 8] [--rounds 3] [--scores] [--json FILE]
 
 Starts the embedded broker and fills an N-partition topic with keyed JSON readings
 (the sensor's own timestamp in a different accepted form for each message: epoch
@@ -12,7 +12,9 @@ round and each client:
 * raw: a group consumer of that client (the worker's fetch settings) that polls and
   ``json.loads`` every value, until it has read them all;
 * worker: the streamrnn worker with ``kafka.client`` set to that client (in this
-  process, its own consumer group), until every reading is scored.
+  process, its own consumer group), until every reading is scored;
+* with ``--scores``, the same worker with ``kafka.scores_topic`` set (one record
+  produced per scored reading), reported as a ratio to the worker without it.
 
 Rates are taken from the group's first assignment (the join itself is the broker's
 and the same for both) to the last record. Also the p50/p99 of the worker's batch
@@ -120,14 +122,14 @@ def raw_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_records
 
 def worker_rate(broker: EmbeddedBroker, topic: str, n: int, group: str, max_records: int, state_dir: str,
                 alerts: dict | None = None, training: dict | None = None, scoring: dict | None = None,
-                client: str = "kafka-python") -> tuple[float, float, dict]:
+                client: str = "kafka-python", kafka: dict | None = None) -> tuple[float, float, dict]:
     """Readings/s of the worker from start, and from its first assignment; and details."""
     from streamrnn.daemon.worker import Worker
 
     cfg = parse_config({
         "kafka": {"client": client, "bootstrap_servers": [broker.bootstrap], "topics": [topic], "group_id": group,
                   "alerts_topic": f"{topic}-alerts", "dead_letter_topic": f"{topic}-dlq", "max_poll_records": max_records,
-                  "poll_timeout_ms": 200, **GROUP_SETTINGS},
+                  "poll_timeout_ms": 200, **GROUP_SETTINGS, **(kafka or {})},
         "metrics": {"enabled": False},
         "state": {"dir": state_dir, "checkpoint_interval_seconds": 5},
         "alerts": {"log": False, **(alerts or {})},
@@ -185,13 +187,15 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-records", type=int, default=5000)
+    ap.add_argument("--scores", action="store_true", help="also run the worker with a scores topic")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     clients = args.clients.split(",")
 
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         topic = "bench"
-        broker.create_topics({topic: args.partitions, f"{topic}-alerts": 1, f"{topic}-dlq": 1})
+        broker.create_topics({topic: args.partitions, f"{topic}-alerts": 1, f"{topic}-dlq": 1,
+                              f"{topic}-scores": args.partitions})
         t = time.perf_counter()
         fill(broker, topic, args.readings, args.sensors)
         print(f"filled {args.readings} readings over {args.sensors} sensors, {args.partitions} partitions in {time.perf_counter() - t:.1f}s")
@@ -203,15 +207,23 @@ def main() -> None:
                 _, wk, detail = worker_rate(broker, topic, args.readings, f"worker-{tag}", args.max_records, f"{tmp}/{tag}",
                                             client=client)
                 detail.pop("durations"), detail.pop("retrain_in_flight")
-                rows[client].append({"raw": raw, "worker": wk, "ratio": wk / raw, **detail})
+                row = {"raw": raw, "worker": wk, "ratio": wk / raw, **detail}
+                extra = ""
+                if args.scores:
+                    _, ws, _ = worker_rate(broker, topic, args.readings, f"scores-{tag}", args.max_records,
+                                           f"{tmp}/scores-{tag}", client=client, kafka={"scores_topic": f"{topic}-scores"})
+                    row |= {"worker_scores": ws, "scores_ratio": ws / wk}
+                    extra = f"  with scores {ws:>9,.0f}/s ({ws / wk:.2f}x)"
+                rows[client].append(row)
                 print(f"round {r} {client:<16} raw {raw:>9,.0f}/s  worker {wk:>9,.0f}/s  ratio {wk / raw:.2f}  "
-                      f"batch p50 {detail['batch_p50_ms']:.1f} ms p99 {detail['batch_p99_ms']:.1f} ms", flush=True)
-        med = {c: {k: sorted(x[k] for x in v)[len(v) // 2] for k in ("raw", "worker", "ratio", "batch_p50_ms", "batch_p99_ms")}
-               for c, v in rows.items()}
+                      f"batch p50 {detail['batch_p50_ms']:.1f} ms p99 {detail['batch_p99_ms']:.1f} ms{extra}", flush=True)
+        keys = ("raw", "worker", "ratio", "batch_p50_ms", "batch_p99_ms") + (("worker_scores", "scores_ratio") if args.scores else ())
+        med = {c: {k: sorted(x[k] for x in v)[len(v) // 2] for k in keys} for c, v in rows.items()}
         print()
         for c, m in med.items():
             print(f"median {c:<16} raw {m['raw']:>9,.0f}/s  worker {m['worker']:>9,.0f}/s  ratio {m['ratio']:.2f}  "
-                  f"batch p50 {m['batch_p50_ms']:.1f} ms p99 {m['batch_p99_ms']:.1f} ms (p99/p50 {m['batch_p99_ms'] / m['batch_p50_ms']:.2f})")
+                  f"batch p50 {m['batch_p50_ms']:.1f} ms p99 {m['batch_p99_ms']:.1f} ms (p99/p50 {m['batch_p99_ms'] / m['batch_p50_ms']:.2f})"
+                  + (f"  with scores {m['worker_scores']:,.0f}/s ({m['scores_ratio']:.2f}x)" if args.scores else ""))
         if len(med) == 2:
             a, b = clients
             print(f"worker {b} / worker {a}: {med[b]['worker'] / med[a]['worker']:.2f}")

@@ -36,6 +36,10 @@ PANELS = [
                                                        ("max(streamrnn_retrain_in_progress)", "in progress")], 12),
     ("Hours since the last promoted model", "stat", "h", [("max(time() - streamrnn_last_successful_retrain_timestamp_seconds) / 3600", "hours")], 6),
     ("Retrain duration p90", "stat", "s", [("histogram_quantile(0.9, sum by (le) (rate(streamrnn_retrain_duration_seconds_bucket[1d])))", "p90")], 6),
+    ("Anomaly alerts opened by evidence", "timeseries", "short", [(f"sum by (evidence) (increase(streamrnn_anomaly_alerts_opened_by_evidence_total[{R}]))", "{{evidence}}")], 12),
+    ("Message fields left out by reason", "timeseries", "short", [(f"sum by (reason) (increase(streamrnn_message_fields_rejected_total[{R}]))", "{{reason}}")], 12),
+    ("Scores stream records per second", "timeseries", "ops", [(f"sum(rate(streamrnn_scores_published_total[{R}]))", "published"),
+                                                              (f"sum(rate(streamrnn_produce_errors_total{{topic_kind=\"score\"}}[{R}]))", "refused")], 12),
     ("Alert sink notifications", "timeseries", "short", [(f"sum by (sink) (increase(streamrnn_alert_sink_sent_total[{R}]))", "sent {{sink}}"),
                                                          (f"sum by (sink, reason) (increase(streamrnn_alert_sink_dropped_total[{R}]))", "dropped {{sink}} {{reason}}")], 12),
 ]

@@ -23,7 +23,7 @@ from .conftest import as_messages, consume_all, produce, worker_config
 pytestmark = pytest.mark.kafka
 
 ALERT_FIELDS = {"sensor_id", "ts", "value", "forecast", "residual", "anomaly_score", "threshold", "model_version", "event",
-                "kind"}
+                "kind", "evidence", "tags"}
 
 
 def committed_offsets(kafka: EmbeddedBroker, group: str, topic: str, partitions: int) -> dict[int, int]:
@@ -61,6 +61,7 @@ def test_end_to_end_alerts_on_injected_anomalies(kafka: EmbeddedBroker, tmp_path
         assert ALERT_FIELDS <= set(e) and r.key == e["sensor_id"].encode()
         assert e["event"] in ("open", "resolved") and e["model_version"] == "default-1"
         assert e["kind"] == "anomaly" and 0 <= e["anomaly_score"] <= 1  # no sensor of this fleet falls silent
+        assert e["tags"] == {} and e["evidence"]["name"] in ("residual", "run", "range", "time_of_day", "pattern", "stuck")
     opens = [e for e in events if e["event"] == "open"]
 
     # Recall: an anomaly counts as detected when its sensor opens an alert between its

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..core.detector import BAND_SIGMAS
+
 __all__ = ["plot_scores"]
 
 
@@ -37,7 +39,8 @@ def plot_scores(out: pd.DataFrame, path: str, threshold: float, title: str = "")
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(14, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax1.plot(x, value, lw=0.8, color="black", label="value")
     ax1.plot(x, fc, lw=0.8, color="tab:blue", label="forecast")
-    ax1.fill_between(x, fc - 3 * sd, fc + 3 * sd, color="tab:blue", alpha=0.2, lw=0, label="forecast +-3 sd")
+    ax1.fill_between(x, fc - BAND_SIGMAS * sd, fc + BAND_SIGMAS * sd, color="tab:blue", alpha=0.2, lw=0,
+                     label=f"forecast +-{BAND_SIGMAS:g} sd")
     ax1.scatter(x[flagged], value[flagged], color="tab:red", s=18, zorder=3, label="anomalous")
     ax1.legend(loc="upper left", fontsize=8)
     ax1.set_title(title or "streamrnn score")

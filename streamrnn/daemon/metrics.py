@@ -28,6 +28,7 @@ class WorkerMetrics:
         self.readings_dropped = Counter("streamrnn_readings_dropped", "Readings dropped without scoring (counted, not dead-lettered).", ["reason"], registry=r)
         self.alert_events = Counter("streamrnn_alert_events", "Alert events emitted, by event (open, resolved) and kind (anomaly, no_data).", ["event", "kind"], registry=r)
         self.scores_published = Counter("streamrnn_scores_published", "Records produced to the scores topic (one per scored reading).", registry=r)
+        self.alerts_by_evidence = Counter("streamrnn_anomaly_alerts_opened_by_evidence", "Anomaly alerts opened, by the evidence that was strongest (residual, run, range, time_of_day, pattern, stuck).", ["evidence"], registry=r)
         self.fields_rejected = Counter("streamrnn_message_fields_rejected", "Value fields of wide messages that gave no reading (missing_field, non_numeric_value, non_finite_value) and tag values left out (bad_tag), by reason.", ["reason"], registry=r)
         self.dead_letters = Counter("streamrnn_dead_letters", "Messages sent to the dead-letter topic.", ["reason"], registry=r)
         self.consumer_lag = Gauge("streamrnn_consumer_lag", "Messages behind the partition high watermark.", ["topic", "partition"], registry=r)
@@ -65,6 +66,12 @@ class WorkerMetrics:
         self.top_sensor_score = Gauge("streamrnn_top_sensor_anomaly_score", "Latest surprise (the score alerts follow) of the most anomalous sensors (at most metrics.top_sensors series).", ["sensor_id"], registry=r)
         self._top_sensors: set[str] = set()
         self._model_version: str | None = None
+        # the reasons a field can be left out for exist from the start, at 0, so a
+        # dashboard's rate shows 0 rather than no data
+        for reason in ("missing_field", "non_numeric_value", "non_finite_value", "bad_tag"):
+            self.fields_rejected.labels(reason=reason)
+        for kind in ("alert", "score", "dead_letter"):
+            self.produce_errors.labels(topic_kind=kind)
 
     def set_model_version(self, version: str) -> None:
         """Expose the serving model version as the only ``streamrnn_model_info`` series."""

@@ -25,7 +25,8 @@ from typing import NamedTuple
 import numpy as np
 import orjson
 
-from ..core import AlertEvent
+from ..core import AlertEvent, Transition
+from ..ingest.files import round_significant
 from ..ingest.messages import Reason
 from .metrics import WorkerMetrics
 from .sinks import AlertSink
@@ -78,6 +79,8 @@ class Publisher:
         """Publish one alert event (topic, sinks, log); ``partition`` is its reading's partition."""
         self._send(_Outgoing(self.alerts_topic, ev.sensor_id.encode(), orjson.dumps(ev.to_dict()), None, "alert"))
         self.metrics.alert_events.labels(event=ev.event.value, kind=ev.kind.value).inc()
+        if ev.evidence is not None and ev.event is Transition.OPEN:
+            self.metrics.alerts_by_evidence.labels(evidence=ev.evidence).inc()
         for sink in self.sinks:
             sink.submit(ev)
         if self.log_alerts:
@@ -86,25 +89,22 @@ class Publisher:
                               extra={"sensor_id": ev.sensor_id, "partition": partition, "model_version": ev.model_version,
                                      "event": ev.event.value, "kind": ev.kind.value})
 
-    def scores(self, sensor_ids: Sequence[str], columns: Mapping[str, np.ndarray], *, model_version: str,
+    def scores(self, sensor_ids: Sequence[str], *, ts: np.ndarray, value: np.ndarray, forecast: np.ndarray,
+               lower: np.ndarray, upper: np.ndarray, anomaly_score: np.ndarray, surprise: np.ndarray, model_version: str,
                tags: Sequence[Mapping[str, str]] | None) -> int:
-        """Publish one record per reading to the scores topic: ``sensor_id``, then each of
-        ``columns`` (NaN becomes null), ``model_version`` and ``tags`` (the reading's
-        sensor's, ``{}`` when None); returns how many."""
+        """Publish one record per reading to the scores topic (NaN becomes null; ``tags``
+        per reading, ``{}`` for all when None); returns how many."""
         if self.scores_topic is None or not len(sensor_ids):
             return 0
-        names = list(columns)
-        rows = zip(sensor_ids, *(columns[k].tolist() for k in names), strict=True)
+        # nine significant digits: what a float32 network's forecast means, in half the bytes
+        fc, lo, up, sc, su = (round_significant(x).tolist() for x in (forecast, lower, upper, anomaly_score, surprise))
+        tag_list: Sequence[Mapping[str, str]] = tags if tags is not None else [{}] * len(sensor_ids)
         dumps = orjson.dumps
-        if tags is None:
-            none: dict[str, str] = {}
-            records = [(r[0].encode(), dumps({"sensor_id": r[0], **dict(zip(names, r[1:], strict=True)),
-                                              "model_version": model_version, "tags": none}))
-                       for r in rows]
-        else:
-            records = [(r[0].encode(), dumps({"sensor_id": r[0], **dict(zip(names, r[1:], strict=True)),
-                                              "model_version": model_version, "tags": t}))
-                       for r, t in zip(rows, tags, strict=True)]
+        mv = model_version
+        records = [(sid.encode(), dumps({"sensor_id": sid, "ts": t, "value": v, "forecast": f, "lower": lw, "upper": u,
+                                         "anomaly_score": a, "surprise": x, "model_version": mv, "tags": tg}))
+                   for sid, t, v, f, lw, u, a, x, tg in zip(sensor_ids, ts.tolist(), value.tolist(), fc, lo, up, sc, su,
+                                                             tag_list, strict=True)]
         self.transport.produce_many(self.scores_topic, records, on_error=self._score_refused)
         self.metrics.scores_published.inc(len(records))
         return len(records)

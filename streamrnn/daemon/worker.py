@@ -51,6 +51,10 @@ class Worker:
                                                      bank=cfg.state)
         self.detector.warm_up()
         self.decoder = MessageDecoder(cfg.message)
+        if cfg.kafka.scores_topic and cfg.kafka.client == "kafka-python":
+            log.warning("kafka.scores_topic with kafka.client kafka-python: its producer spends tens of microseconds "
+                        "per record in Python, a multiple of scoring itself; confluent-kafka keeps the worker's pace "
+                        "(see README, Scores stream)")
         self.metrics = metrics or WorkerMetrics()
         self._stop = threading.Event()
         self.link = BrokerLink(cfg.kafka, stop=self._stop, metrics=self.metrics)
@@ -228,10 +232,9 @@ class Worker:
         if res.tag_keys is not None:
             tags_of = self.detector.tags.tags
             tags = [tags_of(k) for k in res.tag_keys[ok].tolist()]
-        self.publisher.scores(ids, {
-            "ts": np.asarray(ts)[ok], "value": np.asarray(values)[ok], "forecast": res.forecast[ok], "lower": lower[ok],
-            "upper": upper[ok], "anomaly_score": res.score[ok], "surprise": res.surprise[ok],
-        }, model_version=self.detector.model_version, tags=tags)
+        self.publisher.scores(ids, ts=np.asarray(ts)[ok], value=np.asarray(values)[ok], forecast=res.forecast[ok],
+                              lower=lower[ok], upper=upper[ok], anomaly_score=res.score[ok], surprise=res.surprise[ok],
+                              model_version=self.detector.model_version, tags=tags)
 
     # -- rebalances -----------------------------------------------------------------
     def _on_assign(self, partitions: list[Partition]) -> None:

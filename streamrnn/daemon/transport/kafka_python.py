@@ -135,6 +135,9 @@ class KafkaPythonTransport:
             self.producer = KafkaProducer(
                 acks="all" if cfg.producer_acks == "all" else int(cfg.producer_acks),
                 linger_ms=cfg.producer_linger_ms,
+                # kafka-python's cost per record grows with the batches it opens (the
+                # default 16 KiB holds ~60 scores records): room for a poll batch's worth
+                batch_size=512 * 1024,
                 **common,
             )
         except Exception:
