@@ -75,7 +75,7 @@ def test_wide_messages_with_tags_route_by_tag_honour_overrides_and_stream_scores
         w.wait_metric("streamrnn_readings_scored_total", readings, timeout=120)
         assert w.metric("streamrnn_message_fields_rejected_total", {"reason": "non_numeric_value"}) == 2
         assert w.wait_metric("streamrnn_dead_letters_total", 1, labels={"reason": "non_numeric_value"}) == 1
-        n_events = int(w.wait_metric("streamrnn_alert_events_total", len(ALERTING), labels={"event": "open"}))
+        w.wait_metric("streamrnn_alert_events_total", len(ALERTING), labels={"event": "open"})
 
         # Alertmanager groups the two north pumps' alerts under the tag label site="north"
         def north_group(body: dict) -> bool:
@@ -133,8 +133,7 @@ def test_wide_messages_with_tags_route_by_tag_honour_overrides_and_stream_scores
     more = plant_messages(N, N + 60, tagged=False, spikes={"pump-3/pressure"}, spike_at=N + 40, spike=5.0)
     produce(kafka, topic, more)
     w.wait_metric("streamrnn_readings_scored_total", len(more) * 3, timeout=120)
-    n_after = int(w.wait_metric("streamrnn_alert_events_total", 1, labels={"event": "open"}))
-    assert n_after >= 1
+    w.wait_metric("streamrnn_alert_events_total", 1, labels={"event": "open"})
     total = len(events) + int(w.metric("streamrnn_alert_events_total"))
     later = [orjson.loads(r.value) for r in consume_all(kafka, f"{topic}-alerts", expect=total)][len(events):]
     assert w.terminate() == 0

@@ -190,7 +190,6 @@ class Alerter:
 
     def __init__(self, params: AlertParams) -> None:
         self.params = params
-        self.threshold = params.threshold
         merged = params.rules()
         self.rules = np.zeros(len(merged), dtype=RULE_DTYPE)
         for i, rule in enumerate(merged):

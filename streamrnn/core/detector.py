@@ -231,10 +231,12 @@ class Detector:
         keys = None
         if tags is not None:
             keys = self.tags.keys(tags)
-            # in time order per sensor, so the newest assignment wins; a reading without
-            # tags leaves the sensor's as they were
-            latest = order[out.accepted[order] & (keys[order] != NO_TAGS)]
-            rows["tag_set"][slots[latest]] = keys[latest]
+            # each sensor's newest tagged reading (``order`` is by sensor, then time); a
+            # reading without tags leaves the sensor's as they were
+            tagged = order[out.accepted[order] & (keys[order] != NO_TAGS)]
+            sensor = slots[tagged]
+            newest = tagged[np.append(sensor[1:] != sensor[:-1], True)] if len(tagged) else tagged
+            rows["tag_set"][slots[newest]] = keys[newest]
         found = self._advance_clocks(rows, slots, ts, out.accepted)
         return _result(out, *self._events(sensor_ids, ts, values, slots, order, out, n_events, found), keys)
 

@@ -102,6 +102,16 @@ def _parse_value(raw: Any) -> float:
     raise TypeError(type(raw).__name__)
 
 
+def _name(raw: Any) -> str | None:
+    """A sensor id's or tag's text: a string as it is, a number as its text (None otherwise)."""
+    t = type(raw)
+    if t is str:
+        return cast(str, raw)
+    if t is int or (t is float and math.isfinite(raw)):
+        return str(raw)
+    return None
+
+
 class MessageDecoder:
     """Decodes JSON message values into reading columns, rejecting what is malformed."""
 
@@ -128,9 +138,9 @@ class MessageDecoder:
             objs: list[Any] = list(map(orjson.loads, cast("list[bytes]", payloads)))
         except (orjson.JSONDecodeError, TypeError):
             objs = [self._loads(i, raw, out.rejections.append) for i, raw in enumerate(payloads)]
-        raw_ts = self._wide(objs, out) if self.params.value_fields else self._narrow(objs, out)
+        raw_ts, readings = self._wide(objs, out) if self.params.value_fields else (self._narrow(objs, out), None)
         skew = self.params.max_clock_skew_seconds
-        self._timestamps(out, raw_ts, latest=now + skew if now is not None and skew > 0 else None)
+        self._timestamps(out, raw_ts, readings, latest=now + skew if now is not None and skew > 0 else None)
         return out
 
     def _narrow(self, objs: list[Any], out: DecodedBatch) -> list[Any]:
@@ -141,7 +151,6 @@ class MessageDecoder:
         tags = out.tags
         raw_ts: list[Any] = []
         isfinite = math.isfinite
-        max_id = self.params.max_sensor_id_length
         for i, obj in enumerate(objs):
             try:
                 sid, t, v = obj[sf], obj[tf], obj[vf]
@@ -151,15 +160,8 @@ class MessageDecoder:
             if sid is None or sid == "" or t is None or v is None:
                 self._reject_shape(i, obj, rej)
                 continue
-            tid = type(sid)
-            if tid is str:
-                if len(sid) > max_id:
-                    rej(Rejection(i, Reason.BAD_SENSOR_ID, f"{sf} of {len(sid)} characters, at most {max_id}"))
-                    continue
-            elif tid is int or (tid is float and isfinite(sid)):
-                sid = str(sid)
-            else:  # objects, lists, booleans, NaN: not a name anyone gave a sensor
-                rej(Rejection(i, Reason.BAD_SENSOR_ID, f"{sf}={sid!r:.80} is not a string or number"))
+            sid = self._sensor_id(i, sid, rej)
+            if sid is None:
                 continue
             if type(v) is float:
                 value = v
@@ -182,15 +184,16 @@ class MessageDecoder:
                 tags.append(self._tags(obj, out.bad_fields))
         return raw_ts
 
-    def _wide(self, objs: list[Any], out: DecodedBatch) -> list[Any]:
-        """One reading per good value field of each message; returns their raw timestamps."""
+    def _wide(self, objs: list[Any], out: DecodedBatch) -> tuple[list[Any], list[int]]:
+        """One reading per good value field of each message; returns the raw timestamp of
+        each message with readings, and how many readings it gave."""
         rej = out.rejections.append
         sf, tf, sep = self.sensor_field, self.time_field, self.params.field_separator
         fields = self.params.value_fields or []
         index, ids, values, bad = out.index, out.sensor_ids, out.values, out.bad_fields
         tags = out.tags
         raw_ts: list[Any] = []
-        max_id = self.params.max_sensor_id_length
+        readings: list[int] = []
         for i, obj in enumerate(objs):
             try:
                 sid, t = obj[sf], obj[tf]
@@ -200,15 +203,8 @@ class MessageDecoder:
             if sid is None or sid == "" or t is None:
                 self._reject_shape(i, obj, rej)
                 continue
-            tid = type(sid)
-            if tid is str:
-                if len(sid) > max_id:
-                    rej(Rejection(i, Reason.BAD_SENSOR_ID, f"{sf} of {len(sid)} characters, at most {max_id}"))
-                    continue
-            elif tid is int or (tid is float and math.isfinite(sid)):
-                sid = str(sid)
-            else:
-                rej(Rejection(i, Reason.BAD_SENSOR_ID, f"{sf}={sid!r:.80} is not a string or number"))
+            sid = self._sensor_id(i, sid, rej)
+            if sid is None:
                 continue
             good = 0
             first_bad: tuple[Reason, str] | None = None
@@ -223,7 +219,6 @@ class MessageDecoder:
                             index.append(i)
                             ids.append(sid + sep + f)
                             values.append(value)
-                            raw_ts.append(t)
                             good += 1
                             continue
                         reason, detail = Reason.NON_FINITE_VALUE, f"{f}={v!r:.80}"
@@ -235,10 +230,24 @@ class MessageDecoder:
             if not good:
                 assert first_bad is not None  # value_fields is never empty
                 rej(Rejection(i, first_bad[0], f"no good value field: {first_bad[1]}"))
-            elif tags is not None:
+                continue
+            raw_ts.append(t)
+            readings.append(good)
+            if tags is not None:
                 t_of = self._tags(obj, bad)
                 tags.extend([t_of] * good)
-        return raw_ts
+        return raw_ts, readings
+
+    def _sensor_id(self, i: int, raw: Any, rej: Callable[[Rejection], None]) -> str | None:
+        """Message ``i``'s sensor id as text, or None with its rejection recorded."""
+        sid = _name(raw)
+        sf, max_id = self.sensor_field, self.params.max_sensor_id_length
+        if sid is None:  # objects, lists, booleans, NaN: not a name anyone gave a sensor
+            rej(Rejection(i, Reason.BAD_SENSOR_ID, f"{sf}={raw!r:.80} is not a string or number"))
+        elif len(sid) > max_id:
+            rej(Rejection(i, Reason.BAD_SENSOR_ID, f"{sf} of {len(sid)} characters, at most {max_id}"))
+            return None
+        return sid
 
     def _tags(self, obj: dict[str, Any], bad: Counter[Reason]) -> Tags:
         """A message's tags: its tag fields that hold a string or number (missing ones are left out)."""
@@ -248,15 +257,8 @@ class MessageDecoder:
             v = obj.get(f)
             if v is None:
                 continue
-            tv = type(v)
-            if tv is str:
-                text = v
-            elif tv is int or (tv is float and math.isfinite(v)):
-                text = str(v)
-            else:
-                bad[Reason.BAD_TAG] += 1
-                continue
-            if len(text) > max_len:
+            text = _name(v)
+            if text is None or len(text) > max_len:
                 bad[Reason.BAD_TAG] += 1
                 continue
             got.append((f, text))
@@ -287,10 +289,17 @@ class MessageDecoder:
             return _FAILED
 
     @staticmethod
-    def _timestamps(out: DecodedBatch, raw_ts: list[Any], *, latest: float | None) -> None:
-        """Epoch seconds of the readings' raw timestamps; readings whose timestamp is not
-        one (the scalar parser's message says why) or is after ``latest`` are rejected."""
+    def _timestamps(out: DecodedBatch, raw_ts: list[Any], readings: list[int] | None, *, latest: float | None) -> None:
+        """Epoch seconds of the messages' raw timestamps, one per message with readings
+        (``readings[k]`` of them, consecutive in ``out``; one each when None). A message
+        whose timestamp is not one (the scalar parser's message says why) or is after
+        ``latest`` is rejected, with all its readings."""
         n = len(raw_ts)
+        if readings is None:
+            first = out.index
+        else:
+            starts = np.cumsum([0] + readings[:-1]).tolist() if readings else []
+            first = [out.index[k] for k in starts]
         ts = np.full(n, np.nan)
         texts: list[int] = []
         for k, t in enumerate(raw_ts):
@@ -307,7 +316,7 @@ class MessageDecoder:
         bound = math.inf if latest is None else latest
         future = ts > bound
         if not (bad.any() or future.any()):
-            out.ts = ts.tolist()
+            out.ts = (ts if readings is None else np.repeat(ts, readings)).tolist()
             return
         for k in np.flatnonzero(bad).tolist():
             try:
@@ -315,16 +324,14 @@ class MessageDecoder:
                 detail = f"timestamp {raw_ts[k]!r:.80} out of range"
             except (TypeError, ValueError, OverflowError) as e:
                 detail = str(e)[:200]
-            out.rejections.append(Rejection(out.index[k], Reason.BAD_TIMESTAMP, detail))
+            out.rejections.append(Rejection(first[k], Reason.BAD_TIMESTAMP, detail))
         for k in np.flatnonzero(future).tolist():
-            out.rejections.append(Rejection(out.index[k], Reason.FUTURE_TIMESTAMP,
+            out.rejections.append(Rejection(first[k], Reason.FUTURE_TIMESTAMP,
                                             f"timestamp {raw_ts[k]!r:.80} is {ts[k] - bound:.0f} s past the clock bound"))
-        # the readings of one wide message share its timestamp: one rejection per message
-        seen: set[int] = set()
-        out.rejections = [r for r in sorted(out.rejections, key=lambda r: r.index)
-                          if r.reason not in (Reason.BAD_TIMESTAMP, Reason.FUTURE_TIMESTAMP)
-                          or not (r.index in seen or seen.add(r.index))]  # type: ignore[func-returns-value]
+        out.rejections.sort(key=lambda r: r.index)
         good = ~bad & ~future
+        if readings is not None:
+            ts, good = np.repeat(ts, readings), np.repeat(good, readings)
         keep = good.tolist()
         out.index = [i for i, k in zip(out.index, keep, strict=True) if k]
         out.sensor_ids = [s for s, k in zip(out.sensor_ids, keep, strict=True) if k]
