@@ -83,7 +83,8 @@ def tail_columns() -> list[Column]:
     """State columns of a sensor's tail estimates, one of each per statistic."""
     k = (N_STATISTICS,)
     return [Column("tail_scale2", "float64", 1.0, k), Column("tail_n", "int64", 0, k),
-            Column("tail_rate", "float64", 0.0, (N_STATISTICS, len(GRID)))]
+            # float32 rates: their update weight (one over the tail half-life) is far above float32's resolution
+            Column("tail_rate", "float32", 0.0, (N_STATISTICS, len(GRID)))]
 
 
 @njit(cache=True)

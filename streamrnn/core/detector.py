@@ -93,7 +93,7 @@ class Detector:
             # which source (e.g. Kafka partition) owns the sensor; set by the caller
             Column("owner", "int32", -1),
             Column("hist_v", "float32", 0.0, (self.history_length,)),
-            Column("hist_t", "float64", 0.0, (self.history_length,)),
+            Column("hist_dt", "float32", 0.0, (self.history_length,)),  # seconds since the reading before
             Column("hist_n", "int64", 0),
             Column("tag_set", "int64", NO_TAGS),  # key of its latest tags in self.tags
         ]

@@ -46,12 +46,16 @@ PATTERN_SPAN = PATTERN_LENGTH * PATTERN_BLOCK
 PATTERN_EVERY = 4
 PATTERN_OVERLAP = PATTERN_SPAN // PATTERN_EVERY
 PATTERN_CLIP = 10.0  # a normalised value counts at most this far from the mean
-# Kept windows are int16 fixed point (a quarter of float64, exact arithmetic on them):
-# block means in [-PATTERN_CLIP, PATTERN_CLIP] at a resolution of 1/PATTERN_QUANTUM.
+# Recent readings are int16 fixed point (exact arithmetic on them): normalised values
+# in [-PATTERN_CLIP, PATTERN_CLIP] at a resolution of 1/PATTERN_QUANTUM. Kept windows,
+# most of the bytes, are coarser: block means at a resolution of 1/KEPT_QUANTUM.
 PATTERN_QUANTUM = 3000.0
+KEPT_DTYPE = "int16"
+KEPT_QUANTUM = float(np.iinfo(KEPT_DTYPE).max) / PATTERN_CLIP
 
 # A time-of-day slot's mean is trusted after this many visits.
 PROFILE_MIN_VISITS = 3
+PROFILE_MAX_VISITS = 65535  # the count is kept in 16 bits
 
 
 def evidence_columns(*, profile_bins: int, sustain_window: int, pattern_windows: int) -> list[Column]:
@@ -59,13 +63,15 @@ def evidence_columns(*, profile_bins: int, sustain_window: int, pattern_windows:
     return [
         Column("range_lo", "float64", np.inf), Column("range_hi", "float64", -np.inf),
         # float32 slot means: the profile is a coarse reference, and it is most of the
-        # memory this evidence costs per sensor
-        Column("profile_mean", "float32", 0.0, (profile_bins,)), Column("profile_visits", "int32", 0, (profile_bins,)),
+        # memory this evidence costs per sensor. Visits saturate: past a few hundred the
+        # half-life, not the count, sets a slot's weight.
+        Column("profile_mean", "float32", 0.0, (profile_bins,)), Column("profile_visits", "uint16", 0, (profile_bins,)),
         Column("sustain_ring", "float32", 0.0, (sustain_window,)),
-        Column("pattern_recent", "float32", 0.0, (PATTERN_SPAN if pattern_windows else 0,)),
-        Column("pattern_sums", "float32", 0.0, (PATTERN_LENGTH if pattern_windows else 0,)),
+        # fixed point like the kept windows, so the sliding block sums are exact integers
+        Column("pattern_recent", "int16", 0, (PATTERN_SPAN if pattern_windows else 0,)),
+        Column("pattern_sums", "int32", 0, (PATTERN_LENGTH if pattern_windows else 0,)),
         # block-major: block b of every kept window side by side
-        Column("pattern_kept", "int16", 0, (PATTERN_LENGTH, pattern_windows)),
+        Column("pattern_kept", KEPT_DTYPE, 0, (PATTERN_LENGTH, pattern_windows)),
         Column("last_value", "float64", np.nan), Column("stuck_run", "int64", 0),
         Column("repeat_rate", "float64", 0.0), Column("longest_run", "int64", 0),
     ]
@@ -132,7 +138,7 @@ def profile_step(r: np.void, t: float, v: float, scale: float, interval: float, 
     a = max(1.0 / (k + 1), 1.0 - 0.5 ** (1.0 / halflife_visits))
     if follow:  # a glitch does not move the slot's mean
         means[b] = mean + a * (v - mean)
-        visits[b] = min(k + 1, 2147483647)
+        visits[b] = min(k + 1, PROFILE_MAX_VISITS)
     return p
 
 
@@ -210,27 +216,20 @@ def pattern_step(r: np.void, v: float, scale: float, mean: float, n: int, learn:
     window = scratch[:PATTERN_LENGTH]
     d2s = scratch[PATTERN_LENGTH:PATTERN_LENGTH + n_windows]
     ok = math.isfinite(scale) and scale > 0 and math.isfinite(mean)
-    z = np.float32(min(max((v - mean) / scale, -PATTERN_CLIP), PATTERN_CLIP) if ok else 0.0)
+    z = round(min(max((v - mean) / scale, -PATTERN_CLIP), PATTERN_CLIP) * PATTERN_QUANTUM) if ok else 0
     # Block sums slide with the window: each block gives its oldest reading to the block
     # before and takes the next block's oldest (the newest block takes this reading).
-    # Recomputed exactly once per span, so float rounding cannot accumulate.
     for b in range(PATTERN_LENGTH):
-        gain = z if b == PATTERN_LENGTH - 1 else recent[(n + (b + 1) * PATTERN_BLOCK) % PATTERN_SPAN]
-        sums[b] += gain - recent[(n + b * PATTERN_BLOCK) % PATTERN_SPAN]
+        gain = z if b == PATTERN_LENGTH - 1 else int(recent[(n + (b + 1) * PATTERN_BLOCK) % PATTERN_SPAN])
+        sums[b] += gain - int(recent[(n + b * PATTERN_BLOCK) % PATTERN_SPAN])
     recent[n % PATTERN_SPAN] = z
-    if n % PATTERN_SPAN == 0:
-        for b in range(PATTERN_LENGTH):
-            acc = np.float32(0.0)
-            for i in range(PATTERN_BLOCK):
-                acc += recent[(n + 1 + b * PATTERN_BLOCK + i) % PATTERN_SPAN]
-            sums[b] = acc
     before = _kept(n - 1)
     due = n >= PATTERN_SPAN and n % PATTERN_EVERY == 0
     comparable = before > PATTERN_OVERLAP  # an earlier window that does not overlap this one exists
     if not (comparable or due):
         return tail_step(r, PATTERN, math.nan, False, tail)
     for b in range(PATTERN_LENGTH):  # block means, oldest first
-        window[b] = round(float(sums[b] / np.float32(PATTERN_BLOCK)) * PATTERN_QUANTUM)
+        window[b] = round(sums[b] * (KEPT_QUANTUM / (PATTERN_BLOCK * PATTERN_QUANTUM)))
 
     # Usable kept windows are those older than the PATTERN_OVERLAP newest: one stretch
     # of the ring, at most two contiguous pieces, scanned window-minor so the compiler
@@ -241,7 +240,7 @@ def pattern_step(r: np.void, v: float, scale: float, mean: float, n: int, learn:
     count = held - PATTERN_OVERLAP
     best = _nearest(kept, window, d2s, first, min(first + count, n_windows), np.float32(np.inf))
     best = _nearest(kept, window, d2s, 0, max(first + count - n_windows, 0), best)
-    dist = math.sqrt(best / PATTERN_LENGTH) / PATTERN_QUANTUM if comparable else math.nan
+    dist = math.sqrt(best / PATTERN_LENGTH) / KEPT_QUANTUM if comparable else math.nan
     p = tail_step(r, PATTERN, dist, learn and comparable, tail)
 
     if due:

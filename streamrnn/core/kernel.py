@@ -93,6 +93,7 @@ def score_batch(rows: np.ndarray, raw: np.ndarray, fresh: np.ndarray, order: np.
         fc_mean = r["fc_mean"]  # made at the sensor's previous reading
         fc_std = r["fc_std"]
         fc_scale = r["fc_scale"]  # the normalising scale when it was made
+        prev_ts = r["last_ts"]
         mean, std, glitch = normalise(r, t, v, x, norm_alpha)
         if glitch:
             in_place_of_glitch(x, fc_mean, mean, std)
@@ -102,7 +103,9 @@ def score_batch(rows: np.ndarray, raw: np.ndarray, fresh: np.ndarray, order: np.
         if length:
             pos = r["hist_n"] % length
             hist[pos] = fc_mean if glitch and math.isfinite(fc_mean) else v  # the ring is training data
-            r["hist_t"][pos] = t
+            # float32 intervals rather than float64 times: half the bytes, and an
+            # interval keeps microseconds where an epoch time in float32 would keep minutes
+            r["hist_dt"][pos] = t - prev_ts if math.isfinite(prev_ts) else 0.0
             r["hist_n"] += 1
         mz, logvar = gru_step(r["h"], x, weights, scratch)
         r["fc_mean"] = mean + std * mz
@@ -184,16 +187,23 @@ def overdue(rows: np.ndarray, last_seen: np.ndarray, used: int, clocks: np.ndarr
 
 @njit(cache=True)
 def _ring(r: np.void, ts: np.ndarray, values: np.ndarray) -> int:
-    """A sensor's history ring in time order into ``ts``/``values``; returns its length."""
+    """A sensor's history ring in time order into ``ts``/``values``; returns its length.
+
+    The newest reading's time is the sensor's ``last_ts``; each earlier one is found by
+    stepping back over the intervals the ring keeps.
+    """
     hist_v = r["hist_v"]
+    hist_dt = r["hist_dt"]
     length = hist_v.shape[0]
     total = r["hist_n"]
     n = min(total, length)
     start = total % length if total >= length else 0
-    for i in range(n):
+    t = r["last_ts"]
+    for i in range(n - 1, -1, -1):
         j = (start + i) % length
-        ts[i] = r["hist_t"][j]
+        ts[i] = t
         values[i] = hist_v[j]
+        t -= hist_dt[j]
     return n
 
 
