@@ -105,7 +105,7 @@ class ModelConfig(_Section):
 class StateConfig(BankParams):
     """Per-sensor state and checkpoints."""
 
-    dir: str = Field(default="./state", min_length=1, description="Directory for per-partition state checkpoints (local backend) and the model registry.")
+    dir: str = Field(default="./state", min_length=1, description="Directory for the state database (local backend), the changelog cache (kafka backend) and the model registry.")
     backend: Literal["local", "kafka"] = Field(default="local", description="local: files in dir (one node); kafka: a compacted changelog topic, so a partition's state moves with it between workers.")
     changelog_topic: str | None = Field(default=None, description="Changelog topic of the kafka backend (default: <group_id>-state-changelog; created compacted if missing).")
     changelog_partitions: int = Field(default=0, ge=0, description="Partitions of a new changelog topic (0: as many as the largest input topic).")

@@ -1,10 +1,15 @@
-"""The checkpoint coordinator's durability rule, with in-memory stand-ins for Kafka and the store.
+"""The checkpoint coordinator's durability rule, with in-memory stand-ins for Kafka and
+the store, and the local (SQLite) store itself.
 
 The fakes record what the coordinator asked of them and can be told to fail; the
 coordinator, the detector and its state bank under them are the real ones.
 """
 
 from __future__ import annotations
+
+import io
+import json
+import sqlite3
 
 import numpy as np
 import pytest
@@ -17,7 +22,7 @@ from streamrnn.daemon.stores.base import PartitionState
 from streamrnn.daemon.stores.local import LocalStateStore
 from streamrnn.daemon.transport.base import Delivery, Partition, RecordView, TransportError
 from streamrnn.ingest.messages import Reason
-from streamrnn.lifecycle.artifacts import default_model_path, load_model
+from streamrnn.lifecycle.artifacts import default_model_path, load_model, write_checksummed
 
 A, B = ("sensors", 0), ("sensors", 1)
 
@@ -69,9 +74,8 @@ class FakeTransport:
 class MemoryStore:
     """Partition states kept in a dict, as a durable store would keep them."""
 
-    def __init__(self, calls: list[str], incremental: bool = False) -> None:
+    def __init__(self, calls: list[str]) -> None:
         self.calls = calls
-        self.incremental = incremental
         self.saved: dict[Partition, PartitionState] = {}
         self.saves: list[dict[Partition, PartitionState]] = []
         self.fail = False
@@ -84,7 +88,7 @@ class MemoryStore:
         self.saves.append(states)
         for tp, st in states.items():
             old = self.saved.get(tp)
-            if self.incremental and old is not None:  # merge rows by sensor, as a changelog compacts
+            if old is not None:  # merge rows by sensor, as the stores do
                 rows = {sid: r for sid, r in zip(old.ids, old.rows, strict=True) if sid not in st.removed}
                 rows.update({sid: r for sid, r in zip(st.ids, st.rows, strict=True)})
                 st = PartitionState(list(rows), np.array(list(rows.values()), dtype=st.rows.dtype), st.offset, st.meta)
@@ -119,10 +123,10 @@ class StaticOutbox:
         return 0
 
 
-def setup(model, incremental: bool = False, position: dict[int, int] | None = None, outbox=None):
+def setup(model, position: dict[int, int] | None = None, outbox=None):
     calls: list[str] = []
     det = Detector(model.model, version=model.version)
-    transport, store = FakeTransport(calls), MemoryStore(calls, incremental)
+    transport, store = FakeTransport(calls), MemoryStore(calls)
     coord = CheckpointCoordinator(detector=det, store=store, transport=transport, alerts_topic="alerts",
                                   outbox=outbox(transport) if outbox else StaticOutbox(position or {}),
                                   interval_seconds=0.0, metrics=WorkerMetrics())
@@ -202,8 +206,8 @@ def test_a_failed_commit_is_retried_at_the_next_checkpoint(model) -> None:
     assert transport.committed == {A: 10} and coord.pending == {}
 
 
-def test_an_incremental_store_gets_only_the_sensors_touched_since_the_last_save(model) -> None:
-    det, _, store, coord, _ = setup(model, incremental=True)
+def test_a_store_gets_only_the_sensors_touched_since_the_last_save(model) -> None:
+    det, _, store, coord, _ = setup(model)
     feed(det, coord, A, ["a1", "a2", "a3"], 0, 10)
     coord.checkpoint()
     feed(det, coord, A, ["a2"], 10, 5)
@@ -259,7 +263,7 @@ def metric(m: WorkerMetrics, name: str, labels: dict[str, str] | None = None) ->
 def test_evicted_sensors_are_tombstoned_in_an_incremental_store(model) -> None:
     calls: list[str] = []
     det = Detector(model.model, version=model.version, bank=BankParams(max_sensors=3, initial_capacity=3))
-    store = MemoryStore(calls, incremental=True)
+    store = MemoryStore(calls)
     coord = CheckpointCoordinator(detector=det, store=store, transport=FakeTransport(calls), alerts_topic="alerts",
                                   outbox=StaticOutbox({}), interval_seconds=0.0, metrics=WorkerMetrics())
     feed(det, coord, A, ["a1", "a2", "a3"], 0, 5)
@@ -289,19 +293,110 @@ def test_a_store_that_cannot_write_holds_the_offsets_reports_and_recovers(model)
     assert metric(m, "streamrnn_checkpoint_failing") == 0
 
 
-def test_a_corrupt_partition_file_starts_its_sensors_fresh_and_is_counted(model, tmp_path) -> None:
+def test_a_corrupt_row_starts_only_its_sensor_fresh_and_is_counted(model, tmp_path) -> None:
     det, transport, _, coord, _ = setup(model)
-    coord.store = LocalStateStore(tmp_path)
-    feed(det, coord, A, ["a1"], 0, 10)
+    coord.store = LocalStateStore(tmp_path, row_dtype=det.bank.row_dtype)
+    feed(det, coord, A, ["a1", "a2"], 0, 10)
     feed(det, coord, B, ["b1"], 0, 10)
     assert coord.checkpoint()
-    path = coord.store.path(A)
-    path.write_bytes(path.read_bytes()[:-40] + b"\0" * 40)  # torn or bit-rotted on disk
+    coord.store.close()
+    with sqlite3.connect(tmp_path / "state.sqlite") as db:  # bit rot in one row, its checksum as it was
+        (row,) = db.execute("SELECT row FROM sensors WHERE sensor = ?", (b"a1",)).fetchone()
+        db.execute("UPDATE sensors SET row = ? WHERE sensor = ?", (b"\0" * 16 + row[16:], b"a1"))
 
     det2, _, _, coord2, _ = setup(model)
-    coord2.store = LocalStateStore(tmp_path)
+    coord2.store = LocalStateStore(tmp_path, row_dtype=det2.bank.row_dtype)
     coord2.assigned([A, B])
-    assert "a1" not in det2.bank and "b1" in det2.bank  # only the corrupt partition's sensors start fresh
+    assert "a1" not in det2.bank and "a2" in det2.bank and "b1" in det2.bank
     assert metric(coord2.metrics, "streamrnn_state_corrupt_total") == 1
-    feed(det2, coord2, A, ["a1"], 10, 5)  # and the worker keeps serving them
+    feed(det2, coord2, A, ["a1"], 10, 5)  # and the worker keeps serving it
     assert det2.bank.row("a1")["count"] == 5
+
+
+def test_an_unreadable_state_database_is_set_aside_and_every_sensor_starts_fresh(model, tmp_path) -> None:
+    det, _, _, coord, _ = setup(model)
+    coord.store = LocalStateStore(tmp_path, row_dtype=det.bank.row_dtype)
+    feed(det, coord, A, ["a1"], 0, 10)
+    assert coord.checkpoint()
+    coord.store.close()
+    db = tmp_path / "state.sqlite"
+    db.write_bytes(b"\0" * 100 + db.read_bytes()[100:])  # the header is gone
+
+    det2, _, _, coord2, _ = setup(model)
+    coord2.store = LocalStateStore(tmp_path, row_dtype=det2.bank.row_dtype)
+    coord2.assigned([A])
+    assert "a1" not in det2.bank
+    assert metric(coord2.metrics, "streamrnn_state_corrupt_total") == 1
+    assert [p.name for p in tmp_path.glob("state.sqlite.corrupt-*")]  # kept for inspection
+    feed(det2, coord2, A, ["a1"], 10, 5)
+    assert coord2.checkpoint() and coord2.store.load([A])[A].ids == ["a1"]
+
+
+def test_a_restored_sensor_is_not_saved_again_until_it_changes(model, tmp_path) -> None:
+    det, _, store, coord, _ = setup(model)
+    feed(det, coord, A, ["a1", "a2"], 0, 10)
+    assert coord.checkpoint()
+    det2, _, _, coord2, _ = setup(model)
+    coord2.store = store
+    coord2.assigned([A])
+    feed(det2, coord2, A, ["a2"], 10, 3)
+    assert coord2.checkpoint() and store.saves[-1][A].ids == ["a2"]
+
+
+def test_a_model_swap_saves_every_sensor_at_the_next_checkpoint(model) -> None:
+    det, _, store, coord, _ = setup(model)
+    feed(det, coord, A, ["a1", "a2"], 0, 10)
+    assert coord.checkpoint()
+    det.swap_model(model.model, "v2")  # every hidden state re-warmed: all rows changed
+    feed(det, coord, A, ["a2"], 10, 1)
+    assert coord.checkpoint()
+    assert sorted(store.saves[-1][A].ids) == ["a1", "a2"] and store.saves[-1][A].meta["model_version"] == "v2"
+
+
+def test_the_local_store_merges_changes_and_removals_by_sensor(model, tmp_path) -> None:
+    det, _, _, coord, _ = setup(model)
+    store = LocalStateStore(tmp_path, row_dtype=det.bank.row_dtype)
+    coord.store = store
+    feed(det, coord, A, ["a1", "a2", "a3"], 0, 10)
+    assert coord.checkpoint()
+    full = store.save  # the bytes of a save follow the rows it holds
+    coord._departed[A] = ["a3"]  # as an eviction files it
+    feed(det, coord, A, ["a1"], 10, 2)
+    sizes = []
+    store.save = lambda states: sizes.append(full(states)) or sizes[-1]  # type: ignore[method-assign]
+    assert coord.checkpoint()
+    got = store.load([A])[A]
+    assert sorted(got.ids) == ["a1", "a2"] and got.offset == 12
+    assert det.bank.row_dtype.itemsize <= sizes[0] < 2 * det.bank.row_dtype.itemsize  # one row written, not three
+    i = got.ids.index("a1")
+    assert got.rows[i]["count"] == 12 and got.rows[got.ids.index("a2")]["count"] == 10
+
+
+def test_rows_of_an_earlier_layout_load_field_by_field_and_are_rewritten(model, tmp_path) -> None:
+    det, _, _, coord, _ = setup(model)
+    old = np.dtype([("count", "int64"), ("last_ts", "float64")])
+    store = LocalStateStore(tmp_path, row_dtype=det.bank.row_dtype)
+    rows = np.zeros(2, dtype=old)
+    rows["count"], rows["last_ts"] = 7, 420.0
+    store.save({A: PartitionState(["a1", "a2"], rows, 7, {"model_version": model.version})})
+    coord.store = store
+    coord.assigned([A])
+    assert det.bank.row("a1")["count"] == 7 and det.bank.row("a2")["last_ts"] == 420.0
+    feed(det, coord, A, ["a1"], 8, 1)
+    assert coord.checkpoint()
+    got = store.load([A])[A]
+    assert got.rows.dtype == det.bank.row_dtype and sorted(got.ids) == ["a1", "a2"]  # a2 rewritten in the new layout
+
+
+def test_a_partition_file_of_an_earlier_version_is_imported(model, tmp_path) -> None:
+    rows = np.zeros(1, dtype=[("count", "int64")])
+    rows["count"] = 3
+    buf = io.BytesIO()
+    np.savez(buf, ids=np.array(["a1"]), rows=rows, meta=np.frombuffer(json.dumps({"offset": 9}).encode(), dtype=np.uint8))
+    write_checksummed(tmp_path / "partitions" / "sensors~0.npz", buf.getvalue())
+    store = LocalStateStore(tmp_path)
+    got = store.load([A])[A]
+    assert got.ids == ["a1"] and got.offset == 9 and got.rows["count"][0] == 3
+    assert not (tmp_path / "partitions" / "sensors~0.npz").exists()
+    again = LocalStateStore(tmp_path).load([A])[A]  # now from the database
+    assert again.ids == ["a1"] and again.offset == 9

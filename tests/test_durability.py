@@ -285,6 +285,46 @@ def test_changelog_tombstones_and_corrupt_records(kafka: EmbeddedBroker) -> None
     assert store.corrupt_total == 2
 
 
+def test_changelog_restores_from_its_cache_and_reads_only_what_was_written_since(kafka: EmbeddedBroker,
+                                                                                  tmp_path: Path) -> None:
+    from streamrnn.config import KafkaConfig
+    from streamrnn.daemon.stores.base import PartitionState
+    from streamrnn.daemon.stores.changelog import ChangelogStateStore
+
+    mf = load_model(default_model_path())
+    det = Detector(mf.model, version=mf.version)
+    det.process(["a", "b", "c"] * 20, np.repeat(np.arange(20.0), 3), np.arange(60.0))
+    _, slots = det.bank.held()
+    p0 = ("readings", 0)
+    kcfg = KafkaConfig(bootstrap_servers=[kafka.bootstrap])
+
+    def store(cache: str) -> ChangelogStateStore:
+        return ChangelogStateStore(kcfg, topic="cached-changelog", row_dtype=det.bank.row_dtype, partitions=1,
+                                   cache_dir=tmp_path / cache)
+
+    first, other = store("first"), store("other")
+    try:
+        first.save({p0: PartitionState(["a", "b", "c"], det.bank.pack(slots), 60)})
+        assert sorted(other.load([p0])[p0].ids) == ["a", "b", "c"]  # no cache yet: the whole changelog
+        changed = det.bank.pack(slots[1:2])
+        changed["count"] = 99
+        other.save({p0: PartitionState(["b"], changed, 70, removed=["c"])})  # the partition moved, then came back
+        got = first.load([p0])[p0]
+        assert first.records_read == 3  # the other worker's tombstone, row and metadata only
+        assert sorted(got.ids) == ["a", "b"] and got.offset == 70
+        assert got.rows[got.ids.index("b")]["count"] == 99
+        np.testing.assert_array_equal(got.rows[got.ids.index("a")]["h"], det.bank.row("a")["h"])
+    finally:
+        first.close()
+        other.close()
+    again = store("first")  # after a restart: everything is in the cache
+    try:
+        got = again.load([p0])[p0]
+        assert again.records_read == 0 and sorted(got.ids) == ["a", "b"] and got.offset == 70
+    finally:
+        again.close()
+
+
 def test_a_broker_killed_and_restarted_mid_stream_loses_and_repeats_no_alert(tmp_path: Path, run_worker,
                                                                             s3_env: dict[str, str]) -> None:
     from streamrnn.devtools.broker import free_port

@@ -148,7 +148,9 @@ class Detector:
         """
         self._serve(model, version)
         _, slots = self.bank.held()
-        return int(rewarm(self.bank.rows, slots, self._weights, self._scratch))
+        n = int(rewarm(self.bank.rows, slots, self._weights, self._scratch))
+        self.bank.mark_changed(slots)  # every hidden state is new: the next checkpoint saves them all
+        return n
 
     def top_sensors(self, k: int) -> list[tuple[str, float]]:
         """The ``k`` sensors whose latest reading scored highest, highest first."""
@@ -261,6 +263,7 @@ class Detector:
         bank = self.bank
         found = np.zeros(bank.used, dtype=np.int64)
         n = overdue(bank.rows, bank.last_seen, bank.used, self.clocks, self.alerter.rules, found)
+        bank.mark_changed(found[:n])  # their open no_data alerts are state
         return found[:n]
 
     def _events(self, sensor_ids: Sequence[str], ts: np.ndarray, values: np.ndarray, slots: np.ndarray, order: np.ndarray,

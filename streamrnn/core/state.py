@@ -3,7 +3,8 @@
 Each component of the detector (features, forecaster, scorer, alerter) declares the
 per-sensor fields it needs as :class:`Column` s; the bank lays them out as one numpy
 record per sensor, grows the array by doubling as new sensors appear, evicts the least
-recently seen sensor beyond ``max_sensors``, and hands rows to checkpoints as they are.
+recently seen sensor beyond ``max_sensors``, remembers which rows changed since a
+checkpoint last asked (:meth:`take_changed`) and hands rows to checkpoints as they are.
 
 One record per sensor, rather than one array per field, because the compiled scoring
 pass visits the readings of a batch in per-sensor order and touches dozens of fields
@@ -54,7 +55,7 @@ class StateBank:
     def __init__(self, columns: Iterable[Column], *, max_sensors: int, initial_capacity: int,
                  group_column: str | None = None) -> None:
         """``group_column`` names the column (e.g. the owning partition) whose value is
-        recorded with each evicted sensor in :attr:`evicted` while :attr:`track_evictions`."""
+        recorded with each evicted sensor in :attr:`evicted` while :attr:`tracking`."""
         self.max_sensors = int(max_sensors)
         self.columns: dict[str, Column] = {}
         for c in columns:
@@ -82,8 +83,13 @@ class StateBank:
         self._tick = 0
         self.evicted_total = 0
         self.group_column = group_column
-        self.track_evictions = False  # a store that writes tombstones turns this on
+        # A caller that checkpoints turns this on: changed rows and evicted sensors are
+        # then recorded until it takes them (offline scoring records nothing).
+        self.tracking = False
         self.evicted: list[tuple[str, int]] = []  # (sensor id, group) evicted since the caller last took them
+        # Slots of each batch (and of other changes) since the last take_changed: a
+        # checkpoint costs what changed, never a pass over every sensor held.
+        self._changed: list[np.ndarray] = []
 
     def _reserve(self, fallback: int) -> np.ndarray:
         """Rows for every sensor the bank may hold, as address space only.
@@ -133,11 +139,12 @@ class StateBank:
         return {k: np.array(r[k]) for k in self.columns}
 
     # -- assignment -----------------------------------------------------------
-    def assign(self, sensor_ids: Sequence[str]) -> np.ndarray:
+    def assign(self, sensor_ids: Sequence[str], *, changes: bool = True) -> np.ndarray:
         """Slots for a batch of sensor ids, creating (and if needed evicting) rows.
 
         Every sensor in the batch is marked as seen now, so eviction only ever takes
-        sensors absent from this batch.
+        sensors absent from this batch. Their rows count as changed (see
+        :meth:`take_changed`) unless ``changes`` is False (rows being restored as saved).
         """
         self._tick += 1
         slot_of = self._slot_of
@@ -155,7 +162,25 @@ class StateBank:
             unique[sid] = slot_of[sid]
         slots = np.fromiter(map(unique.__getitem__, sensor_ids), dtype=np.int64, count=len(sensor_ids))
         self.last_seen[slots] = self._tick
+        if changes and self.tracking:
+            self._changed.append(slots)
         return slots
+
+    def mark_changed(self, slots: np.ndarray) -> None:
+        """Count these rows as changed (a change made outside :meth:`assign`)."""
+        if len(slots) and self.tracking:
+            self._changed.append(np.asarray(slots, dtype=np.int64))
+
+    def take_changed(self) -> np.ndarray:
+        """The held slots changed since the last call (while :attr:`tracking`), each once, ascending.
+
+        A slot released and reused since counts for its new sensor only.
+        """
+        if not self._changed:
+            return np.zeros(0, dtype=np.int64)
+        slots = np.unique(np.concatenate(self._changed))
+        self._changed = []
+        return slots[self.last_seen[slots] > 0]
 
     def _take_slots(self, n_new: int) -> np.ndarray:
         """``n_new`` free slots: released ones first, then never used ones (evicting
@@ -169,7 +194,7 @@ class StateBank:
             if n_evict > len(stale):
                 raise CapacityError(f"{need - len(stale)} sensors in one batch exceed max_sensors={self.max_sensors}")
             victims = stale[np.argpartition(self.last_seen[stale], n_evict - 1)[:n_evict]]
-            if self.track_evictions:
+            if self.tracking:
                 group = self.rows[self.group_column][victims] if self.group_column else np.full(len(victims), -1)
                 self.evicted += [(self._sensor_at[s] or "", g) for s, g in zip(victims.tolist(), group.tolist(), strict=True)]
             for s in victims.tolist():
@@ -231,10 +256,6 @@ class StateBank:
         """Batch counter: every :meth:`assign` call advances it."""
         return self._tick
 
-    def touched_since(self, tick: int, slots: np.ndarray) -> np.ndarray:
-        """Which of ``slots`` were seen in a batch after ``tick``."""
-        return self.last_seen[slots] > tick
-
     def pack(self, slots: np.ndarray) -> np.ndarray:
         """A copy of the rows of ``slots`` (records of :attr:`row_dtype`)."""
         return self.rows[slots]
@@ -245,7 +266,7 @@ class StateBank:
         Fields the rows lack keep their fresh value, so state from an older version
         with fewer fields still loads.
         """
-        slots = self.assign(sensor_ids) if sensor_ids else np.zeros(0, dtype=np.int64)
+        slots = self.assign(sensor_ids, changes=False) if sensor_ids else np.zeros(0, dtype=np.int64)
         if not len(slots):
             return slots
         if rows.dtype == self.row_dtype:

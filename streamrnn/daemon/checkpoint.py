@@ -5,8 +5,9 @@ At every checkpoint the :class:`CheckpointCoordinator`
 1. flushes the producer, so every alert and dead letter produced so far is
    acknowledged by the broker; records it refused are sent again once, and while any
    is still refused the checkpoint is postponed (state unsaved, offsets uncommitted),
-2. saves the state of each partition that received readings, with the offset it
-   reflects and how far the alerts topic had been written,
+2. saves, for each partition that received readings, the rows of its sensors that
+   changed since its last save (and the sensors evicted since), with the offset the
+   state reflects and how far the alerts topic had been written,
 3. and only then commits those offsets.
 
 A crash at any point therefore replays readings into a state that has not seen them
@@ -78,16 +79,18 @@ class CheckpointCoordinator:
         self.interval_seconds = interval_seconds
         self.metrics = metrics
         self._part_ids: dict[Partition, int] = {}
+        self._partition_at: dict[int, Partition] = {}
         self._pending: dict[Partition, int] = {}
-        self._saved_tick = 0
+        self._changed: dict[Partition, np.ndarray] = {}  # slots changed and not saved yet
+        self._tag_keys: dict[Partition, set[int]] = {}  # tag sets a partition's saved rows may name
         self._last = time.monotonic()
         self._replayed: set[tuple[str, float, str, str]] = set()
         self._departed: dict[Partition, list[str]] = {}  # evicted sensors not yet forgotten by the store
         self._corrupt_seen = 0
         self.failing = False  # the last checkpoint failed
         self.commit_failing = False  # the last offset commit failed (the broker is not answering)
-        # Only a store that keeps sensors one by one must be told which ones left.
-        detector.bank.track_evictions = store.incremental
+        # Stores keep sensors one by one: they are given the changed rows and told which left.
+        detector.bank.tracking = True
 
     # -- which partition owns a sensor ------------------------------------------------
     def owner(self, tp: Partition) -> int:
@@ -95,17 +98,16 @@ class CheckpointCoordinator:
         idx = self._part_ids.get(tp)
         if idx is None:
             idx = self._part_ids[tp] = len(self._part_ids)
+            self._partition_at[idx] = tp
         return idx
 
     def partition_of(self, owner: int) -> Partition | None:
         """The partition marked by ``owner`` (None for a mark no partition has)."""
-        for tp, idx in self._part_ids.items():
-            if idx == owner:
-                return tp
-        return None
+        return self._partition_at.get(owner)
 
     def _owned(self, partitions: list[Partition]) -> dict[Partition, tuple[list[str], np.ndarray]]:
-        """The ids and slots of the sensors each partition owns (one pass over the bank)."""
+        """The ids and slots of the sensors each partition owns (one pass over the bank:
+        for revocation, never per checkpoint)."""
         bank = self.detector.bank
         ids, slots = bank.held()
         ids_arr = np.array(ids, dtype=object)
@@ -171,15 +173,18 @@ class CheckpointCoordinator:
         meta = {"model_version": self.detector.model_version,
                 "alerts_next": {str(p): o for p, o in self.outbox.alerts_position().items()}}
         self._note_evictions()
+        self._note_changes()
         states = {}
+        tag_keys = {}
         tagged = len(self.detector.tags) > 1
-        for tp, (ids, slots) in self._owned(list(todo)).items():
+        for tp in todo:
+            slots = self._changed.get(tp, np.zeros(0, dtype=np.int64))
+            slots = slots[(bank.last_seen[slots] > 0) & (bank.rows["owner"][slots] == self.owner(tp))]
             part_meta = meta
-            if tagged:  # the tags every row of the partition names, saved or not this time
-                part_meta = {**meta, "tags": self.detector.tags.subset(np.unique(bank.rows["tag_set"][slots]).tolist())}
-            if self.store.incremental:
-                touched = bank.touched_since(self._saved_tick, slots)
-                ids, slots = [i for i, t in zip(ids, touched.tolist(), strict=True) if t], slots[touched]
+            if tagged:  # the tags the partition's saved rows name, these included
+                tag_keys[tp] = self._tag_keys.get(tp, set()) | set(np.unique(bank.rows["tag_set"][slots]).tolist())
+                part_meta = {**meta, "tags": self.detector.tags.subset(sorted(tag_keys[tp]))}
+            ids = [bank.sensor_at(s) or "" for s in slots.tolist()]
             states[tp] = PartitionState(ids, bank.pack(slots), todo[tp], part_meta, removed=self._departed.get(tp, []))
         try:
             size = self.store.save(states)
@@ -188,8 +193,8 @@ class CheckpointCoordinator:
             return CheckpointOutcome.SAVE_FAILED
         for tp in states:
             self._departed.pop(tp, None)
-        if partitions is None:
-            self._saved_tick = bank.tick
+            self._changed.pop(tp, None)
+        self._tag_keys.update(tag_keys)
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
         self.metrics.checkpoint_bytes.set(size)
         self.metrics.last_checkpoint.set(time.time())
@@ -207,6 +212,23 @@ class CheckpointCoordinator:
             tp = self.partition_of(owner)
             if tp is not None:
                 self._departed.setdefault(tp, []).append(sid)
+
+    def _note_changes(self) -> None:
+        """File the rows changed since the last checkpoint under their partitions (they
+        stay filed until their partition is saved)."""
+        bank = self.detector.bank
+        slots = bank.take_changed()
+        if not len(slots):
+            return
+        owner = bank.rows["owner"][slots]
+        by_owner = np.argsort(owner, kind="stable")
+        slots, owner = slots[by_owner], owner[by_owner]
+        cuts = np.flatnonzero(owner[1:] != owner[:-1]) + 1
+        for part, o in zip(np.split(slots, cuts), owner[np.r_[0, cuts]].tolist(), strict=True):
+            tp = self._partition_at.get(o)
+            if tp is not None:
+                old = self._changed.get(tp)
+                self._changed[tp] = part if old is None else np.union1d(old, part)
 
     def _commit(self, offsets: dict[Partition, int]) -> bool:
         try:
@@ -250,6 +272,10 @@ class CheckpointCoordinator:
                 continue
             tags = st.meta.get("tags")
             self.detector.adopt(slots, owner=self.owner(tp), tags=tags if isinstance(tags, dict) else None)
+            if isinstance(tags, dict):
+                self._tag_keys[tp] = {int(k) for k in tags}
+            if st.rows.dtype != bank.row_dtype:  # saved by another version: the next save rewrites them all
+                bank.mark_changed(slots)
             restored += len(slots)
             models.add(st.meta.get("model_version"))
             for p, off in st.meta.get("alerts_next", {}).items():
@@ -277,9 +303,12 @@ class CheckpointCoordinator:
         # (and the group is rebalancing anyway): save the state only. The next owner
         # restores it and drops the replayed readings it already reflects.
         self.checkpoint(partitions, commit=False)
+        self._note_changes()
         for tp, (ids, _) in self._owned(partitions).items():
             self._pending.pop(tp, None)
             self._departed.pop(tp, None)
+            self._changed.pop(tp, None)
+            self._tag_keys.pop(tp, None)
             self.detector.bank.remove(ids)  # its state now belongs to whoever gets the partition
         self.metrics.active_sensors.set(self.detector.active_sensors)
 

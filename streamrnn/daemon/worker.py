@@ -154,10 +154,11 @@ class Worker:
     def _open_store(self, transport: Transport) -> StateStore:
         st = self.cfg.state
         if st.backend == "local":
-            return LocalStateStore(st.dir)
+            return LocalStateStore(st.dir, row_dtype=self.detector.bank.row_dtype)
         parts = st.changelog_partitions or max(transport.partition_count(t) for t in self.cfg.kafka.topics)
         topic = st.changelog_topic or f"{self.cfg.kafka.group_id}-state-changelog"
-        return ChangelogStateStore(self.cfg.kafka, topic=topic, row_dtype=self.detector.bank.row_dtype, partitions=parts)
+        return ChangelogStateStore(self.cfg.kafka, topic=topic, row_dtype=self.detector.bank.row_dtype, partitions=parts,
+                                   cache_dir=st.dir)
 
     def _close(self) -> None:
         if self.transport is not None:

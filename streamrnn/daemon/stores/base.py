@@ -3,8 +3,10 @@
 A sensor's state belongs to the Kafka partition its readings arrive on. The checkpoint
 coordinator saves each partition's state together with the offset it reflects and
 commits that offset only afterwards; on assignment it restores the partition's state
-first. Backends implement :class:`StateStore`: :mod:`.local` (files in a directory,
-one node) and :mod:`.changelog` (a compacted Kafka topic, several nodes).
+first. A save holds only the sensors changed since the partition's last save and the
+sensors removed since; the store merges them into what it keeps. Backends implement
+:class:`StateStore`: :mod:`.local` (an SQLite database, one node) and :mod:`.changelog`
+(a compacted Kafka topic, several nodes).
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class PartitionState:
-    """The state of one partition's sensors and the offset it reflects."""
+    """Sensor rows of one partition and the offset the partition's state reflects.
+
+    From :meth:`StateStore.load`: every saved sensor. To :meth:`StateStore.save`: the
+    sensors changed since the partition's last save.
+    """
 
     ids: list[str]
     rows: np.ndarray
@@ -38,14 +44,13 @@ class PartitionState:
 class StateStore(Protocol):
     """Where partition state is kept."""
 
-    incremental: bool
-    """True when a save holds only the sensors changed since the last one (else whole partitions)."""
-
     corrupt_total: int
     """Saved partitions or sensor records found unusable by :meth:`load` so far (they start fresh)."""
 
     def save(self, states: dict[Partition, PartitionState]) -> int:
-        """Save durably; returns the bytes written."""
+        """Merge these changes into the saved state durably (each partition's rows, removals
+        and offset together or not at all); returns the bytes written. Raises ``OSError``
+        or ``TransportError`` when it cannot."""
 
     def load(self, partitions: list[Partition]) -> dict[Partition, PartitionState]:
         """The saved state of those partitions that have one; unusable saved state is

@@ -63,7 +63,8 @@ def read_to_end(cfg: KafkaConfig, start: Mapping[TopicPartition, int | None], ti
     """
     if not start:
         return
-    c = KafkaConsumer(group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50,
+    # A start no longer in the log reads from the log's start, not from its end.
+    c = KafkaConsumer(group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50, auto_offset_reset="earliest",
                       **{**client_settings(cfg), **consumer_settings})
     try:
         tps = list(start)
