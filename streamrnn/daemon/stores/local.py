@@ -43,8 +43,10 @@ CREATE TABLE IF NOT EXISTS sensors (
     crc INTEGER NOT NULL, row BLOB NOT NULL,
     PRIMARY KEY (topic, partition, sensor));
 """
-# A page holds a whole row, so a row written is one page of the write-ahead log.
-_PAGE_SIZE = 16384
+# One default row to a page: a changed row costs one page in the write-ahead log (and one when
+# the log is copied into the database), where larger pages would carry unchanged
+# neighbours along and smaller ones split the row over overflow pages.
+_PAGE_SIZE = 8192
 
 
 def dtype_text(dtype: np.dtype) -> str:
@@ -123,7 +125,10 @@ class LocalStateStore:
         # Removals first: a sensor evicted and back since keeps its new row.
         db.executemany("DELETE FROM sensors WHERE topic = ? AND partition = ? AND sensor = ?",
                        ((tp[0], tp[1], _key(sid)) for sid in st.removed))
-        db.executemany("INSERT OR REPLACE INTO sensors (topic, partition, sensor, crc, row) VALUES (?, ?, ?, ?, ?)",
+        # An upsert rewrites a saved row where it lies (REPLACE would delete it and append
+        # it under a new rowid, touching more pages of the table and its key index).
+        db.executemany("INSERT INTO sensors (topic, partition, sensor, crc, row) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT (topic, partition, sensor) DO UPDATE SET crc = excluded.crc, row = excluded.row",
                        self._records(tp, st))
         meta = json.dumps({**st.meta, "saved_at": time.time()})
         db.execute("INSERT OR REPLACE INTO partitions (topic, partition, next_offset, row_dtype, meta) VALUES (?, ?, ?, ?, ?)",
