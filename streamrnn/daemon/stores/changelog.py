@@ -139,9 +139,9 @@ class ChangelogStateStore:
         if delta:
             try:
                 self.cache.save(delta)
-            except OSError as e:  # still a correct restore: served from memory this once
-                log.warning("changelog cache not updated (%s)", e)
-                return self._merged(partitions, delta)
+            except OSError as e:  # the cache cannot take the delta: restore from the changelog alone
+                log.warning("changelog cache not updated (%s): reading the changelog from the beginning", e)
+                return self._read(partitions, dict.fromkeys(start), {}, timeout)
         return self.cache.load(partitions)
 
     def _cached_positions(self, partitions: list[Partition]) -> dict[Partition, int]:
@@ -154,8 +154,8 @@ class ChangelogStateStore:
             saved = self.cache.saved_meta(tp)
             if saved is None:
                 continue
-            meta, dtype_text = saved
-            if isinstance(meta.get(_NEXT), int) and dtype_text == self.cache_dtype:
+            meta, layout = saved
+            if isinstance(meta.get(_NEXT), int) and layout == self.cache_dtype:
                 want[tp] = int(meta[_NEXT])
             else:  # rows of another version: rebuilt from the changelog
                 self.cache.forget(tp)
@@ -246,26 +246,6 @@ class ChangelogStateStore:
             arr = np.frombuffer(b"".join(blobs), dtype=self.row_dtype) if blobs else np.zeros(0, dtype=self.row_dtype)
             meta[_NEXT] = ends.get(self._cp(tp), cached.get(tp, 0))
             out[tp] = PartitionState(ids, arr, int(meta.pop("offset")), meta, removed[tp])
-        return out
-
-    def _merged(self, partitions: list[Partition], delta: dict[Partition, PartitionState]) -> dict[Partition, PartitionState]:
-        """What the cache holds with ``delta`` applied, in memory."""
-        assert self.cache is not None
-        out: dict[Partition, PartitionState] = {}
-        base = self.cache.load(partitions)
-        for tp in partitions:
-            b, d = base.get(tp), delta.get(tp)
-            if d is None:
-                if b is not None:
-                    out[tp] = b
-                continue
-            if b is None:
-                out[tp] = d
-                continue
-            gone = set(d.removed) | set(d.ids)
-            keep = [i for i, sid in enumerate(b.ids) if sid not in gone]
-            rows = np.concatenate([b.rows[keep].astype(self.row_dtype), d.rows])
-            out[tp] = PartitionState([b.ids[i] for i in keep] + d.ids, rows, d.offset, d.meta)
         return out
 
     def close(self) -> None:
