@@ -225,3 +225,15 @@ def test_scores_map_probabilities_onto_decades() -> None:
     assert s.tolist() == [0.0, 0.3, 0.5, 1.0]
     assert not np.signbit(s[0])
     assert isinstance(TAIL, TailKnobs)
+
+
+def test_no_tail_prior_is_a_valid_setting_not_a_crash() -> None:
+    # tail_prior_weight 0 passes validation, so a sensor's first forecasts (nothing learnt
+    # yet, no prior) must score as ordinary rather than divide by zero
+    knobs = Scorer(ScoringParams(tail_prior_weight=0.0)).knobs.tail
+    est = Sensor()
+    assert tail_step(est.row, RESIDUAL, 50.0, True, knobs) == 1.0
+    for x in np.abs(np.random.default_rng(2).normal(size=2000)):
+        tail_step(est.row, RESIDUAL, x, True, knobs)
+    # once learnt, the empirical tail alone calls a far value rare
+    assert tail_step(est.row, RESIDUAL, 8.0 * est.scale(RESIDUAL), False, knobs) < 1e-3

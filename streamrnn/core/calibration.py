@@ -90,10 +90,12 @@ def tail_columns() -> list[Column]:
 @njit(cache=True)
 def tail_probability(u: float, rate: np.ndarray, n: int, knobs: TailKnobs) -> float:
     """``P(U >= u)`` for a scaled statistic, from exceedance ``rate`` learnt over ``n`` values."""
-    if u <= GRID[0]:
-        return 1.0
     n_eff = min(float(n), 1.0 / knobs.tail_alpha)
     w = knobs.prior_weight
+    # Without a prior (prior_weight 0) a sensor that has learnt nothing yet knows no tail:
+    # nothing is evidence until it has.
+    if u <= GRID[0] or n_eff + w <= 0.0:
+        return 1.0
     lu = math.log(max(u, 1e-12))
     j = 0  # log-linear interpolation in log(u); past the grid, keep the last slope
     while j < len(GRID) - 2 and LOG_GRID[j + 1] < lu:
