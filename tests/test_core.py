@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from streamrnn.core import Alerter, AlertParams, BankParams, Detector, GRUForecaster, StateBank
+from streamrnn.core import Alerter, AlertParams, BankParams, Detector, GRUForecaster, ScoringParams, StateBank
 from streamrnn.lifecycle.artifacts import default_model_path, load_model
 from streamrnn.core.alerts import OPENED, RESOLVED, alert_step
 from streamrnn.core.state import Column
@@ -147,6 +147,39 @@ def test_a_spike_scores_high_and_normal_readings_do_not(model_file) -> None:
     assert ((r.score[:1200] >= 0.0) & (r.score[:1200] <= 1.0)).all()
     assert np.quantile(r.score[200:1200], 0.99) < 0.3
     assert [(e.event, e.ts) for e in r.events][:1] == [("open", 1200 * 60.0)]
+
+
+def gappy_sine(n: int, every: int = 97, missed: int = 9) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth cycle sampled each minute, with ``missed`` minutes lost every ``every`` readings."""
+    minute = np.arange(n) + np.arange(n) // every * missed
+    return minute * 60.0, sine(minute[-1] + 1)[minute]
+
+
+def test_a_reading_after_a_gap_is_judged_by_the_steps_it_missed(model_file) -> None:
+    ts, v = gappy_sine(3000)
+    late = np.flatnonzero(np.diff(ts) > 120) + 1
+    spike = 2600  # an on-time reading, 20 noise deviations off
+    assert spike not in late
+    v[spike] += 1.0
+    r = make_detector(model_file).process(["p"] * len(v), ts, v)
+    as_on_time = Detector(model_file.model, scoring=ScoringParams(late_after=0)).process(["p"] * len(v), ts, v)
+    settled = late[late > 300]
+    # judged as one-step errors, some jumps over the gaps look like anomalies, and all of
+    # them teach the sensor that errors that size are common, which hides the spike
+    assert (as_on_time.surprise[settled] >= 0.35).mean() >= 0.05
+    assert as_on_time.surprise[spike] < 0.5
+    # judged per step missed they are ordinary and teach nothing
+    assert (r.surprise[settled] >= 0.35).mean() <= 0.02
+    assert r.surprise[spike] >= 0.5
+
+
+def test_a_flat_sensor_that_comes_alive_after_a_gap_is_still_flagged(model_file) -> None:
+    ts = np.arange(1500) * 60.0
+    ts[1200:] += 3600.0
+    v = 5.0 + np.random.default_rng(1).normal(0, 0.01, len(ts))
+    v[1200:] += 3.0
+    r = make_detector(model_file).process(["p"] * len(v), ts, v)
+    assert r.surprise[1200] >= 0.5
 
 
 def test_a_stuck_sensor_is_flagged(model_file) -> None:

@@ -94,6 +94,8 @@ def score_batch(rows: np.ndarray, raw: np.ndarray, fresh: np.ndarray, order: np.
         fc_std = r["fc_std"]
         fc_scale = r["fc_scale"]  # the normalising scale when it was made
         prev_ts = r["last_ts"]
+        # intervals since the reading before, against the typical one before this reading
+        steps = (t - prev_ts) / math.exp(r["logdt_mean"]) if r["count"] >= 2 else 1.0
         mean, std, glitch = normalise(r, t, v, x, norm_alpha)
         if glitch:
             in_place_of_glitch(x, fc_mean, mean, std)
@@ -124,8 +126,8 @@ def score_batch(rows: np.ndarray, raw: np.ndarray, fresh: np.ndarray, order: np.
             out.surprise[i] = 0.0
             out.reset[i] = True
             continue
-        residual, surprise, score, evidence, p = score_step(r, t, v, fc_mean, fc_std, fc_scale, mean, math.exp(r["logdt_mean"]), count,
-                                               glitch, sk, scratch_pattern)
+        residual, surprise, score, evidence, p = score_step(r, t, v, fc_mean, fc_std, fc_scale, mean, math.exp(r["logdt_mean"]), steps,
+                                               count, glitch, sk, scratch_pattern)
         # Alerts follow the surprise: it stays high while the sensor misbehaves, which
         # is what keeps an alert open until the sensor is back to normal.
         high, event = alert_step(r, t, surprise, count, ak)

@@ -3,7 +3,9 @@
 The forecast residual, standardised by the sensor's normalising scale (or the
 forecast's predicted deviation), goes through a tail estimate
 (:mod:`.calibration`): ``p`` is the estimated probability of a residual at least
-this large *for this sensor*. Beside it the scorer weighs a value beyond the sensor's
+this large *for this sensor*. A reading that comes several typical intervals late
+is judged per interval missed, since its forecast was for one interval ahead, and
+teaches the tail nothing. Beside it the scorer weighs a value beyond the sensor's
 range, a value far from its usual level at this time of day, a run of large residuals
 and a shape of the recent readings unlike any the sensor has shown lately
 (:mod:`.evidence`). The reading's *surprise* is the strongest piece of evidence,
@@ -51,6 +53,7 @@ class ScoringParams:
     tail_halflife: float = Field(default=2000.0, gt=1, description="Half-life, in readings, of each sensor's residual tail estimate behind the score.")
     tail_prior_weight: float = Field(default=20.0, ge=0, description="Pseudo-readings of an exponential tail that a sensor's tail estimate is shrunk towards.")
     learn_after: int = Field(default=30, ge=0, description="Forecasts a sensor makes before its residuals start to calibrate its scores.")
+    late_after: float = Field(default=2.0, ge=0, description="A reading more than this many typical intervals after the one before has its residual judged per interval missed and teaches the tail nothing (the forecast was for one interval ahead; 0: judge every reading as on time).")
     use_predicted_std: bool = Field(default=False, description="Standardise residuals by the forecast's predicted deviation (variance head) instead of the sensor's normalising scale (measured worse on both the synthetic fleet and NAB DEV).")
     stuck_readings: int = Field(default=30, ge=0, description="Identical consecutive values that mark a normally noisy sensor as stuck (0 disables).")
     range_tolerance: float = Field(default=0.05, ge=0, description="A value beyond the sensor's past range by more than this fraction of the range's width is evidence of an anomaly (0 disables).")
@@ -76,6 +79,7 @@ class ScoringKnobs(NamedTuple):
 
     tail: TailKnobs
     learn_after: int
+    late_after: float
     use_predicted_std: bool
     clip: float
     stuck_readings: int
@@ -112,14 +116,15 @@ def onset_step(r: np.void, surprise: float, decay: float, margin: float) -> floa
 
 @njit(cache=True)
 def score_step(r: np.void, t: float, v: float, fc_mean: float, fc_std: float, scale: float, mean: float, interval: float,
-               count: int, glitch: bool, k: ScoringKnobs, scratch: np.ndarray) -> tuple[float, float, float, int, float]:
+               steps: float, count: int, glitch: bool, k: ScoringKnobs, scratch: np.ndarray) -> tuple[float, float, float, int, float]:
     """``(residual, surprise, anomaly score, evidence, p)`` of one reading, updating the
     scorer's state; ``evidence`` is the code (in :data:`EVIDENCE`) of the strongest piece
     of evidence and ``p`` its probability, before the correction for looking several ways.
 
     ``fc_mean`` and ``fc_std`` are the forecast and its predicted deviation, ``scale``
     the sensor's normalising scale when the forecast was made, ``mean`` its running
-    mean, ``interval`` its typical seconds between readings and ``count`` its readings
+    mean, ``interval`` its typical seconds between readings, ``steps`` how many typical
+    intervals this reading came after the one before, and ``count`` its readings
     so far, this one included (every reading after a sensor's first has a forecast;
     one without has surprise and score 0). A ``glitch`` (see :data:`~.features.GLITCH`)
     is scored but teaches no evidence. ``scratch`` is working space for the pattern.
@@ -127,17 +132,25 @@ def score_step(r: np.void, t: float, v: float, fc_mean: float, fc_std: float, sc
     residual = v - fc_mean
     miss = abs(residual)
     has_fc = math.isfinite(residual)
+    # The forecast was for one typical interval ahead. After a gap the sensor has moved
+    # on by as many steps as it missed, so its residual is no one-step error: judged as
+    # one, each gap looked like an anomaly, and taught the tail estimate that errors of
+    # that size are common, hiding real ones of the same size. A late reading's residual
+    # is judged per step missed (an error that grew linearly over the gap, the most a
+    # smooth sensor's drift allows) and teaches nothing; only a change far beyond
+    # any drift (a flat sensor come alive) still counts.
+    late = k.late_after > 0 and steps > k.late_after
+    spread = (fc_std if k.use_predicted_std else scale) * (steps if late else 1.0)
     # The first forecasts of a sensor come from a normaliser that has seen only a
     # few values; learning the residual distribution from them would inflate it.
     learn = has_fc and count - 1 > k.learn_after and not glitch
-    spread = fc_std if k.use_predicted_std else scale
-    p = tail_step(r, RESIDUAL, miss / spread if has_fc else math.nan, learn, k.tail)
+    p = tail_step(r, RESIDUAL, miss / spread if has_fc else math.nan, learn and not late, k.tail)
     ev = RESIDUAL_EV
     if k.sustain_on:
         # Judged against the forecast's own predicted deviation: a run of residuals
         # that the model expected (a busy hour) is not evidence, the same run in a
         # calm hour is.
-        u = (miss / fc_std if fc_std > 0 else 0.0) if has_fc else math.nan
+        u = (miss / fc_std if fc_std > 0 else 0.0) if has_fc and not late else math.nan
         q = sustain_step(r, u, count, k.clip, learn, k.tail)
         if q < p:
             p, ev = q, RUN_EV
@@ -177,7 +190,7 @@ class Scorer:
         self.knobs = ScoringKnobs(
             tail=TailKnobs.of(scale_halflife=s.calibration_halflife, tail_halflife=s.tail_halflife,
                               prior_weight=s.tail_prior_weight, clip=s.calibration_clip),
-            learn_after=s.learn_after, use_predicted_std=s.use_predicted_std, clip=s.calibration_clip,
+            learn_after=s.learn_after, late_after=s.late_after, use_predicted_std=s.use_predicted_std, clip=s.calibration_clip,
             stuck_readings=s.stuck_readings, stuck_alpha=halflife_weight(s.calibration_halflife),
             range_on=on[0], range_tolerance=s.range_tolerance, range_alpha=range_alpha,
             range_memory=1.0 / range_alpha if range_alpha > 0 else math.inf,
