@@ -67,11 +67,13 @@ def time_features(t: float, x: np.ndarray) -> None:
 
 
 @njit(cache=True)
-def normalise(r: np.void, t: float, v: float, x: np.ndarray, alpha_min: float) -> tuple[float, float, bool]:
+def normalise(r: np.void, t: float, v: float, x: np.ndarray, alpha_min: float) -> tuple[float, float, bool, float]:
     """Features of one reading into ``x``, updating the sensor's normaliser in row ``r``.
 
     Returns the mean and scale *after* including this reading (the scale of the
-    forecast made from it), and whether the reading is a glitch (see :data:`GLITCH`).
+    forecast made from it), whether the reading is a glitch (see :data:`GLITCH`), and
+    how many typical intervals (as known before it) it came after the one before
+    (1 until the sensor has an interval to compare with).
     """
     count = r["count"]
     mean = r["norm_mean"]
@@ -81,6 +83,7 @@ def normalise(r: np.void, t: float, v: float, x: np.ndarray, alpha_min: float) -
     z = 0.0 if first else _clip((v - mean) / norm_std(mean, var), Z_CLIP)
     logdt = math.log(max(1.0 if first else t - r["last_ts"], 1e-3))
     x[0] = z
+    steps = 1.0 if count < 2 else math.exp(logdt - logdt_mean)
     x[1] = 0.0 if count < 2 else _clip(logdt - logdt_mean, DT_CLIP)
     time_features(t, x)
 
@@ -107,7 +110,7 @@ def normalise(r: np.void, t: float, v: float, x: np.ndarray, alpha_min: float) -
     r["norm_var"] = var
     r["last_ts"] = t
     r["logdt_mean"] = logdt_mean
-    return mean, norm_std(mean, var), glitch
+    return mean, norm_std(mean, var), glitch, steps
 
 
 @njit(cache=True)

@@ -94,9 +94,7 @@ def score_batch(rows: np.ndarray, raw: np.ndarray, fresh: np.ndarray, order: np.
         fc_std = r["fc_std"]
         fc_scale = r["fc_scale"]  # the normalising scale when it was made
         prev_ts = r["last_ts"]
-        # intervals since the reading before, against the typical one before this reading
-        steps = (t - prev_ts) / math.exp(r["logdt_mean"]) if r["count"] >= 2 else 1.0
-        mean, std, glitch = normalise(r, t, v, x, norm_alpha)
+        mean, std, glitch, steps = normalise(r, t, v, x, norm_alpha)
         if glitch:
             in_place_of_glitch(x, fc_mean, mean, std)
         count = r["count"]
