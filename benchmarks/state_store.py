@@ -18,6 +18,11 @@ with no cache (the changelog read from its beginning).
 
 The baseline in the same run is writing the same bytes to one file with a single
 fsync (``raw``): what the disk costs with no store at all.
+
+``--beside`` also times the worker loop during each checkpoint: the save runs on its
+own thread, as :meth:`CheckpointCoordinator.tick` runs it, while the main thread scores
+batches of ``BATCH`` readings on a second detector; it reports the slowest of those
+batches against the median batch with no save running, measured just before.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import os
 import resource
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -82,6 +88,33 @@ def changed_states(det: Detector, parts: int, offset: int) -> dict:
     return out
 
 
+class Loop:
+    """Scoring batches on a detector of its own, the load a checkpoint runs beside."""
+
+    def __init__(self, model: object, version: str) -> None:
+        self.det = Detector(model, version=version, bank=BankParams(max_sensors=BATCH, initial_capacity=BATCH))  # type: ignore[arg-type]
+        self.ids = [f"loop-{i:06d}" for i in range(BATCH)]
+        self.rng = np.random.default_rng(2)
+        self.ts = 0.0
+
+    def batch(self) -> float:
+        """Seconds to score one batch (every sensor one reading, a minute on)."""
+        self.ts += 60.0
+        t = time.perf_counter()
+        self.det.process(self.ids, np.full(BATCH, self.ts), self.rng.normal(size=BATCH))
+        return time.perf_counter() - t
+
+    def beside(self, work: threading.Thread) -> tuple[float, float, int]:
+        """Median batch alone, slowest batch while ``work`` runs, and how many ran beside it."""
+        alone = float(np.median([self.batch() for _ in range(10)]))
+        work.start()
+        times = []
+        while work.is_alive():
+            times.append(self.batch())
+        work.join()
+        return alone, max(times, default=0.0), len(times)
+
+
 def raw_write(path: Path, states: dict) -> float:
     t = time.perf_counter()
     with open(path, "wb") as f:
@@ -121,6 +154,7 @@ def run(n: int, backend: str, args: argparse.Namespace, kcfg: object, tmp: str) 
                                    partitions=args.partitions, cache_dir=where if cache else None)
 
     store = new_store()
+    loop = Loop(det.model, det.model_version) if args.beside else None
     result: dict = {"sensors": n, "backend": backend, "row_bytes": det.bank.row_dtype.itemsize, "checkpoints": []}
     rng = np.random.default_rng(1)
     offset = 1000
@@ -133,23 +167,38 @@ def run(n: int, backend: str, args: argparse.Namespace, kcfg: object, tmp: str) 
         states = changed_states(det, args.partitions, offset)
         rows = sum(len(st.ids) for st in states.values())
         w0 = disk_written()
-        t = time.perf_counter()
-        handed = store.save(states)  # type: ignore[attr-defined]
-        took = time.perf_counter() - t
+        got: dict = {}
+
+        def save(states: dict = states, got: dict = got) -> None:
+            t = time.perf_counter()
+            got["handed"] = store.save(states)  # type: ignore[attr-defined]
+            got["took"] = time.perf_counter() - t
+
+        stall = None
+        if loop is not None:
+            stall = loop.beside(threading.Thread(target=save))
+        else:
+            save()
+        handed, took = got["handed"], got["took"]
         disk = disk_written() - w0
         raw = raw_write(Path(tmp) / "raw.bin", states)
         (Path(tmp) / "raw.bin").unlink()
         cp = {"step": label, "rows": rows, "seconds": took, "bytes_handed": handed, "disk_bytes": disk if backend == "local" else None,
               "raw_fsync_seconds": raw}
+        if stall is not None:
+            cp.update(batch_alone_seconds=stall[0], batch_slowest_beside_seconds=stall[1], batches_beside=stall[2])
         result["checkpoints"].append(cp)
         disk_txt = f", disk {disk / max(rows, 1):7.0f} B/row" if backend == "local" else ""
         print(f"  checkpoint {label:>6}: {rows:>9,} rows {took:8.2f} s ({took / max(rows, 1) * 1e6:6.1f} us/row, "
               f"{handed / max(rows, 1):6.0f} B/row{disk_txt})   raw file+fsync {raw:6.2f} s  (x{took / max(raw, 1e-9):.1f})", flush=True)
+        if stall is not None:
+            print(f"      beside the loop: {stall[2]} batches of {BATCH:,} scored meanwhile, slowest {stall[1] * 1e3:.0f} ms "
+                  f"(x{stall[1] / stall[0]:.1f} the {stall[0] * 1e3:.0f} ms of a batch alone)", flush=True)
         del states
     store.close()  # type: ignore[attr-defined]
     held = len(det.bank)
     model, version = det.model, det.model_version
-    del det  # the restore measured with the filled detector's rows gone, as in a new process
+    del det, loop  # the restore measured with the filled detector's rows gone, as in a new process
     gc.collect()
     for name, cache in [("restore", True)] + ([("restore, no cache", False)] if backend == "kafka" and n <= args.kafka_cold else []):
         s = new_store(cache)
@@ -170,6 +219,7 @@ def main() -> None:
     ap.add_argument("--backends", nargs="+", default=["local", "kafka"], choices=["local", "kafka"])
     ap.add_argument("--changed", type=float, nargs="+", default=[1, 10, 100], help="percentages of sensors changed")
     ap.add_argument("--kafka-cold", type=int, default=100_000, help="largest sensor count restored from the changelog with no cache")
+    ap.add_argument("--beside", action="store_true", help="score batches beside each save and report the slowest")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     results = []

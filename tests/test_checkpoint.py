@@ -10,6 +10,9 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
+import threading
+import time
+import zlib
 
 import numpy as np
 import pytest
@@ -195,6 +198,78 @@ def test_a_failed_save_commits_nothing(model) -> None:
     assert calls == ["flush", "save"] and transport.committed == {} and coord.pending == {A: 10}
 
 
+class GatedStore(MemoryStore):
+    """A store whose saves wait until the test opens the gate (a slow disk, on demand)."""
+
+    def __init__(self, calls: list[str]) -> None:
+        super().__init__(calls)
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def save(self, states: dict[Partition, PartitionState]) -> int:
+        self.entered.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        return super().save(states)
+
+
+def gated(model):
+    det, transport, _, coord, calls = setup(model)
+    coord.store = store = GatedStore(calls)
+    return det, transport, store, coord
+
+
+def ended(coord: CheckpointCoordinator, timeout: float = 30.0) -> CheckpointOutcome:
+    """Tick the way the worker's loop does until a checkpoint ends."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        outcome = coord.tick()
+        if outcome is not None:
+            return outcome
+        time.sleep(0.01)
+    raise AssertionError("no checkpoint ended")
+
+
+def test_a_save_beside_the_loop_holds_up_neither_scoring_nor_the_commit_rule(model) -> None:
+    det, transport, store, coord = gated(model)
+    feed(det, coord, A, ["a1"], 0, 10)
+    assert coord.tick() is None  # started, not finished
+    assert store.entered.wait(10)
+    feed(det, coord, A, ["a1"], 10, 10)  # the loop scores on while the store writes
+    assert coord.due() and coord.tick() is None  # due again, but one save at a time
+    assert transport.committed == {} and store.saved == {}  # nothing committed before its state is saved
+    store.gate.set()
+    assert ended(coord) is CheckpointOutcome.SAVED
+    assert transport.committed == {A: 10} and coord.pending == {A: 20}
+    assert store.saved[A].rows["count"].tolist() == [10]  # the rows as they were when it started
+    assert ended(coord) is CheckpointOutcome.SAVED  # the next, for what came since
+    assert transport.committed == {A: 20} and store.saved[A].rows["count"].tolist() == [20]
+    coord.close()
+
+
+def test_a_save_that_fails_beside_the_loop_leaves_its_rows_to_the_next(model) -> None:
+    det, transport, store, coord = gated(model)
+    feed(det, coord, A, ["a1", "a2"], 0, 10)
+    store.fail = True
+    store.gate.set()
+    assert ended(coord) is CheckpointOutcome.SAVE_FAILED
+    assert coord.failing and transport.committed == {} and coord.pending == {A: 10}
+    feed(det, coord, A, ["a1"], 10, 5)  # a2 changed only before the failed save
+    store.fail = False
+    assert coord.checkpoint() is CheckpointOutcome.SAVED and not coord.failing
+    assert sorted(store.saved[A].ids) == ["a1", "a2"] and transport.committed == {A: 15}
+    coord.close()
+
+
+def test_a_checkpoint_waits_for_the_save_under_way(model) -> None:
+    det, transport, store, coord = gated(model)
+    feed(det, coord, A, ["a1"], 0, 10)
+    assert coord.tick() is None and store.entered.wait(10)
+    feed(det, coord, B, ["b1"], 0, 5)
+    threading.Timer(0.2, store.gate.set).start()
+    assert coord.checkpoint() is CheckpointOutcome.SAVED  # the final one, say: both saves land, in order
+    assert transport.committed == {A: 10, B: 5} and store.calls.count("save") == 2
+    coord.close()
+
+
 def test_a_failed_commit_is_retried_at_the_next_checkpoint(model) -> None:
     det, transport, store, coord, calls = setup(model)
     feed(det, coord, A, ["a1"], 0, 10)
@@ -370,6 +445,37 @@ def test_the_local_store_merges_changes_and_removals_by_sensor(model, tmp_path) 
     assert det.bank.row_dtype.itemsize <= sizes[0] < 2 * det.bank.row_dtype.itemsize  # one row written, not three
     i = got.ids.index("a1")
     assert got.rows[i]["count"] == 12 and got.rows[got.ids.index("a2")]["count"] == 10
+
+
+def test_the_local_store_keeps_any_id_and_every_byte_across_statement_chunks(tmp_path) -> None:
+    from streamrnn.daemon.stores import local
+
+    odd = ["", "ü-sensor/°C", "x" * 300, "lone-\udcff", "a,b\"c", "tab\tnew\nline"]
+    n = local._CHUNK * 2 + len(odd)  # more than one statement, the last one short
+    ids = odd + [f"s{i}" for i in range(n - len(odd))]
+    rows = np.zeros(n, dtype=[("k", "int64"), ("v", "float32", 3)])
+    rows["k"] = np.arange(n)
+    rows["v"] = np.random.default_rng(0).normal(size=(n, 3))
+    store = LocalStateStore(tmp_path)
+    store.save({A: PartitionState(ids, rows, 5, {})})
+    rows["k"][:10] += 100  # an update lands on the saved rows, by id
+    store.save({A: PartitionState(ids[:10], rows[:10], 6, {})})
+    store.close()
+    again = LocalStateStore(tmp_path)
+    got = again.load([A])[A]
+    assert again.corrupt_total == 0 and got.offset == 6  # every row passes the CRC the load checks with zlib
+    by_id = {sid: row.tobytes() for sid, row in zip(got.ids, got.rows, strict=True)}
+    assert set(by_id) == set(ids) and [by_id[i] for i in ids] == [row.tobytes() for row in rows]
+
+
+def test_row_checksums_are_zlibs() -> None:
+    from streamrnn.daemon.stores.checksum import crc32_rows
+
+    rng = np.random.default_rng(1)
+    for size in (1, 7, 8, 9, 63, 6320):
+        raw = rng.integers(0, 256, size=(20, size), dtype=np.uint8)
+        rows = raw.view(np.dtype([("b", "u1", size)])).ravel()
+        assert crc32_rows(rows).tolist() == [zlib.crc32(r.tobytes()) for r in raw]
 
 
 def test_rows_of_an_earlier_layout_load_field_by_field_and_are_rewritten(model, tmp_path) -> None:

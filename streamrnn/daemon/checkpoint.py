@@ -11,7 +11,10 @@ At every checkpoint the :class:`CheckpointCoordinator`
 3. and only then commits those offsets.
 
 A crash at any point therefore replays readings into a state that has not seen them
-(or drops them as already seen). It also owns the rest of a partition's life on this
+(or drops them as already seen). In the worker's loop (:meth:`CheckpointCoordinator.tick`)
+step 2 runs beside scoring, on the coordinator's own thread: the rows are copied out of
+the bank when the checkpoint starts, and step 3 happens at the first tick after the
+store has them, so a save as long as several batches never holds scoring up. It also owns the rest of a partition's life on this
 worker: on assignment its saved state is restored before any of its readings is
 scored, and the alerts published after that save are read back so that a replay does
 not publish them twice; on revocation its state is saved and forgotten.
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
@@ -64,6 +69,18 @@ class Outbox(Protocol):
         """Send every refused record again; returns how many."""
 
 
+@dataclass
+class _Save:
+    """A save handed to the store and not finished yet, with what it took from the books."""
+
+    future: Future[tuple[int, float]]  # bytes written, seconds the store took
+    offsets: dict[Partition, int]  # what to commit once it lands
+    changed: dict[Partition, np.ndarray]  # slots it saves: filed again if it fails
+    departed: dict[Partition, list[str]]  # removals it carries: likewise
+    tag_keys: dict[Partition, set[int]]
+    commit: bool
+
+
 class CheckpointCoordinator:
     """Saves, commits, restores and forgets partition state for one worker."""
 
@@ -87,6 +104,8 @@ class CheckpointCoordinator:
         self._replayed: set[tuple[str, float, str, str]] = set()
         self._departed: dict[Partition, list[str]] = {}  # evicted sensors not yet forgotten by the store
         self._corrupt_seen = 0
+        self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-save")
+        self._inflight: _Save | None = None
         self.failing = False  # the last checkpoint failed
         self.commit_failing = False  # the last offset commit failed (the broker is not answering)
         # Stores keep sensors one by one: they are given the changed rows and told which left.
@@ -135,11 +154,35 @@ class CheckpointCoordinator:
     # -- the rule -----------------------------------------------------------------------
     def checkpoint(self, partitions: list[Partition] | None = None, *, commit: bool = True) -> CheckpointOutcome:
         """Flush, save the state of the partitions with new readings (default all), then
-        commit their offsets (unless ``commit`` is False). Truthy when nothing is left unsaved.
+        commit their offsets (unless ``commit`` is False), waiting for the save (and for
+        one already under way). Truthy when nothing is left unsaved.
 
         A failed checkpoint is tried again when the next is due (one interval later),
         with everything since the last good one."""
-        outcome = self._checkpoint(partitions, commit)
+        self._finish(block=True, commit=commit)
+        outcome = self._start(partitions, commit)
+        if outcome is None:
+            outcome = self._finish(block=True, commit=commit)
+            assert outcome is not None
+        return outcome
+
+    def tick(self) -> CheckpointOutcome | None:
+        """The worker loop's turn, never waiting on the store: finish a save that has
+        landed (commit its offsets), and start the next one when it is due and none is
+        under way. Returns how a checkpoint ended in this call, if one did."""
+        ended = self._finish(block=False, commit=True)
+        if self._inflight is None and self.due():
+            started = self._start(None, True)
+            if started is not None:
+                ended = started
+        return ended
+
+    def close(self) -> None:
+        """Wait for a save under way (its offsets are left uncommitted) and stop the saving thread."""
+        self._finish(block=True, commit=False)
+        self._saver.shutdown(wait=True)
+
+    def _record(self, outcome: CheckpointOutcome) -> CheckpointOutcome:
         self.metrics.checkpoints.labels(result=outcome.value).inc()
         self.failing = not outcome
         self.metrics.checkpoint_failing.set(0 if outcome else 1)
@@ -147,27 +190,28 @@ class CheckpointCoordinator:
             self._last = time.monotonic()
         return outcome
 
-    def _checkpoint(self, partitions: list[Partition] | None, commit: bool) -> CheckpointOutcome:
+    def _start(self, partitions: list[Partition] | None, commit: bool) -> CheckpointOutcome | None:
+        """Steps 1 and 2 up to handing the rows to the store; None once a save is under way."""
         todo = {tp: off for tp, off in self._pending.items() if partitions is None or tp in partitions}
         if not todo:
-            return CheckpointOutcome.NOTHING_NEW
+            return self._record(CheckpointOutcome.NOTHING_NEW)
         try:
             self.transport.flush(_FLUSH_TIMEOUT_S)
         except TransportError as e:
             # Alerts not acknowledged yet: keep the old state so a crash replays them.
             log.warning("producer flush failed, checkpoint postponed: %s", e)
-            return CheckpointOutcome.FLUSH_FAILED
+            return self._record(CheckpointOutcome.FLUSH_FAILED)
         if self.outbox.refused():
             sent = self.outbox.redeliver()
             try:
                 self.transport.flush(_FLUSH_TIMEOUT_S)
             except TransportError as e:
                 log.warning("producer flush failed, checkpoint postponed: %s", e)
-                return CheckpointOutcome.FLUSH_FAILED
+                return self._record(CheckpointOutcome.FLUSH_FAILED)
             still = self.outbox.refused()
             if still:
                 log.warning("%d of %d refused records refused again, checkpoint postponed", still, sent)
-                return CheckpointOutcome.FLUSH_FAILED
+                return self._record(CheckpointOutcome.FLUSH_FAILED)
         t0 = time.perf_counter()
         bank = self.detector.bank
         meta = {"model_version": self.detector.model_version,
@@ -176,35 +220,58 @@ class CheckpointCoordinator:
         self._note_changes()
         states = {}
         tag_keys = {}
+        changed, departed = {}, {}
         tagged = len(self.detector.tags) > 1
         for tp in todo:
-            slots = self._changed.get(tp, np.zeros(0, dtype=np.int64))
+            slots = self._changed.pop(tp, np.zeros(0, dtype=np.int64))
             slots = slots[(bank.last_seen[slots] > 0) & (bank.rows["owner"][slots] == self.owner(tp))]
+            changed[tp] = slots
+            departed[tp] = self._departed.pop(tp, [])
             part_meta = meta
             if tagged:  # the tags the partition's saved rows name, these included
                 tag_keys[tp] = self._tag_keys.get(tp, set()) | set(np.unique(bank.rows["tag_set"][slots]).tolist())
                 part_meta = {**meta, "tags": self.detector.tags.subset(sorted(tag_keys[tp]))}
             ids = [bank.sensor_at(s) or "" for s in slots.tolist()]
-            states[tp] = PartitionState(ids, bank.pack(slots), todo[tp], part_meta, removed=self._departed.get(tp, []))
+            # pack copies the rows: the loop goes on changing the bank while the store writes
+            states[tp] = PartitionState(ids, bank.pack(slots), todo[tp], part_meta, removed=departed[tp])
+        self._inflight = _Save(self._saver.submit(self._save, states, t0), todo, changed, departed, tag_keys, commit)
+        self._last = time.monotonic()
+        return None
+
+    def _save(self, states: dict[Partition, PartitionState], started: float) -> tuple[int, float]:
+        """On the saving thread: the store's save, and how long the checkpoint took from its start."""
+        size = self.store.save(states)
+        return size, time.perf_counter() - started
+
+    def _finish(self, *, block: bool, commit: bool) -> CheckpointOutcome | None:
+        """Step 3 for the save under way, once it has landed (at once if ``block``); its
+        offsets are committed if both it and ``commit`` allow. None if nothing ended."""
+        save = self._inflight
+        if save is None or not (block or save.future.done()):
+            return None
+        self._inflight = None
         try:
-            size = self.store.save(states)
+            size, seconds = save.future.result()
         except (OSError, TransportError) as e:
             log.error("saving state failed, offsets not committed (tried again in %.0fs): %s", self.interval_seconds, e)
-            return CheckpointOutcome.SAVE_FAILED
-        for tp in states:
-            self._departed.pop(tp, None)
-            self._changed.pop(tp, None)
-        self._tag_keys.update(tag_keys)
-        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+            for tp, slots in save.changed.items():  # still unsaved: the next save carries them
+                old = self._changed.get(tp)
+                self._changed[tp] = slots if old is None else np.union1d(old, slots)
+            for tp, sids in save.departed.items():
+                if sids:
+                    self._departed[tp] = sids + self._departed.get(tp, [])
+            return self._record(CheckpointOutcome.SAVE_FAILED)
+        self._tag_keys.update(save.tag_keys)
+        self.metrics.checkpoint_seconds.observe(seconds)
         self.metrics.checkpoint_bytes.set(size)
         self.metrics.last_checkpoint.set(time.time())
-        self._last = time.monotonic()
-        if commit and not self._commit(todo):
-            return CheckpointOutcome.SAVED  # the offsets stay pending: the next checkpoint commits them
-        for tp, off in todo.items():
-            if self._pending.get(tp) == off:
-                del self._pending[tp]
-        return CheckpointOutcome.SAVED
+        if commit and save.commit and not self._commit(save.offsets):
+            return self._record(CheckpointOutcome.SAVED)  # the offsets stay pending: the next checkpoint commits them
+        if commit and save.commit:
+            for tp, off in save.offsets.items():
+                if self._pending.get(tp) == off:
+                    del self._pending[tp]
+        return self._record(CheckpointOutcome.SAVED)
 
     def _note_evictions(self) -> None:
         """File the sensors evicted since the last checkpoint under their partitions."""
@@ -247,6 +314,8 @@ class CheckpointCoordinator:
     # -- partitions arriving and leaving -------------------------------------------------
     def assigned(self, partitions: list[Partition]) -> None:
         """Load the saved state of newly assigned partitions before any of their readings."""
+        # The store does one thing at a time; inside a rebalance the offsets wait for the next checkpoint.
+        self._finish(block=True, commit=False)
         t0 = time.perf_counter()
         try:
             states = self.store.load(partitions)

@@ -106,8 +106,7 @@ class Worker:
                     self.handle_batch(batch)
                 self._observe()
                 self.models.tick(self._scored_total)
-                if self.checkpoints.due():
-                    self._checkpoint()
+                self._report(self.checkpoints.tick())
             if not self._checkpoint():
                 # what was scored since the last good checkpoint is replayed by the next
                 # start; say so to whoever supervises the process
@@ -147,9 +146,14 @@ class Worker:
     def _checkpoint(self) -> CheckpointOutcome:
         assert self.checkpoints is not None
         outcome = self.checkpoints.checkpoint()
-        if outcome is CheckpointOutcome.FLUSH_FAILED or self.checkpoints.commit_failing:
-            self.link.report(False)
+        self._report(outcome)
         return outcome
+
+    def _report(self, outcome: CheckpointOutcome | None) -> None:
+        """Tell the link a checkpoint that just ended found the broker not answering."""
+        assert self.checkpoints is not None
+        if outcome is CheckpointOutcome.FLUSH_FAILED or (outcome is not None and self.checkpoints.commit_failing):
+            self.link.report(False)
 
     def _open_store(self, transport: Transport) -> StateStore:
         st = self.cfg.state
@@ -161,6 +165,8 @@ class Worker:
                                    cache_dir=st.dir)
 
     def _close(self) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.close()  # a save under way finishes before its store closes
         if self.transport is not None:
             try:
                 self.transport.close()

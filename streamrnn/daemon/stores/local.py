@@ -16,7 +16,6 @@ import logging
 import sqlite3
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 from ...lifecycle.artifacts import ArtifactError, read_checksummed
 from ..transport.base import Partition
 from .base import CheckpointError, PartitionState
+from .checksum import crc32_rows
 
 __all__ = ["LocalStateStore", "dtype_text"]
 
@@ -47,6 +47,18 @@ CREATE TABLE IF NOT EXISTS sensors (
 # the log is copied into the database), where larger pages would carry unchanged
 # neighbours along and smaller ones split the row over overflow pages.
 _PAGE_SIZE = 8192
+# A save runs beside the scoring loop: one statement per chunk of rows, split inside SQLite
+# (the ids and rows arrive as two blobs, each row's id span and CRC as JSON), holds the GIL
+# once per chunk where one statement per row would hand it back and forth at every row.
+# An upsert rewrites a saved row where it lies (REPLACE would delete it and append it under
+# a new rowid, touching more pages of the table and its key index).
+_UPSERT = """
+INSERT INTO sensors (topic, partition, sensor, crc, row)
+SELECT ?1, ?2, substr(?3, r.value ->> 0, r.value ->> 1), r.value ->> 2, substr(?4, r.key * ?5 + 1, ?5)
+FROM json_each(?6) AS r WHERE true
+ON CONFLICT (topic, partition, sensor) DO UPDATE SET crc = excluded.crc, row = excluded.row
+"""
+_CHUNK = 2048
 
 
 def dtype_text(dtype: np.dtype) -> str:
@@ -125,23 +137,21 @@ class LocalStateStore:
         # Removals first: a sensor evicted and back since keeps its new row.
         db.executemany("DELETE FROM sensors WHERE topic = ? AND partition = ? AND sensor = ?",
                        ((tp[0], tp[1], _key(sid)) for sid in st.removed))
-        # An upsert rewrites a saved row where it lies (REPLACE would delete it and append
-        # it under a new rowid, touching more pages of the table and its key index).
-        db.executemany("INSERT INTO sensors (topic, partition, sensor, crc, row) VALUES (?, ?, ?, ?, ?) "
-                       "ON CONFLICT (topic, partition, sensor) DO UPDATE SET crc = excluded.crc, row = excluded.row",
-                       self._records(tp, st))
+        for a in range(0, len(st.ids), _CHUNK):
+            db.execute(_UPSERT, self._chunk(tp, st.ids[a:a + _CHUNK], st.rows[a:a + _CHUNK]))
         meta = json.dumps({**st.meta, "saved_at": time.time()})
         db.execute("INSERT OR REPLACE INTO partitions (topic, partition, next_offset, row_dtype, meta) VALUES (?, ?, ?, ?, ?)",
                    (tp[0], tp[1], int(st.offset), schema, meta))
         return st.rows.nbytes + len(meta)
 
     @staticmethod
-    def _records(tp: Partition, st: PartitionState) -> Iterator[tuple[str, int, bytes, int, memoryview]]:
-        raw = memoryview(np.ascontiguousarray(st.rows).tobytes())
-        size = st.rows.dtype.itemsize
-        for i, sid in enumerate(st.ids):
-            row = raw[i * size:(i + 1) * size]
-            yield tp[0], tp[1], _key(sid), zlib.crc32(row), row
+    def _chunk(tp: Partition, ids: list[str], rows: np.ndarray) -> tuple[str, int, bytes, bytes, int, str]:
+        """The parameters of :data:`_UPSERT` for these rows."""
+        keys = [_key(sid) for sid in ids]
+        lengths = np.array([len(k) for k in keys], dtype=np.int64)
+        starts = np.cumsum(lengths) - lengths + 1  # SQLite's substr counts from 1
+        spans = json.dumps(np.stack([starts, lengths, crc32_rows(rows).astype(np.int64)], axis=1).tolist())
+        return tp[0], tp[1], b"".join(keys), np.ascontiguousarray(rows).tobytes(), rows.dtype.itemsize, spans
 
     def forget(self, tp: Partition) -> None:
         """Drop everything saved for ``tp``."""
