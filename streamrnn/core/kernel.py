@@ -9,7 +9,9 @@ timestamp are skipped (their ``accepted`` stays False).
 
 :func:`rewarm` recomputes hidden states and pending forecasts from the history rings
 (after a model swap); :func:`ring_features` gives the rings as training sequences.
-Numba compiles these on first use and caches the machine code on disk.
+Numba compiles these on first use and caches the machine code on disk. They run
+without the GIL, so the worker's other threads (a state save, the Kafka clients) run
+beside a batch instead of waiting for its end.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class BatchOutput(NamedTuple):
                    nan(), nan(), np.zeros(n, bool), np.zeros(n, np.int8), nan(), nan(), np.full(n, -1, np.int8), nan())
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def score_batch(rows: np.ndarray, raw: np.ndarray, fresh: np.ndarray, order: np.ndarray, slots: np.ndarray, ts: np.ndarray,
                 values: np.ndarray, weights: GRUWeights, scratch: GRUScratch, norm_alpha: float, sk: ScoringKnobs,
                 rules: np.ndarray, out: BatchOutput) -> int:
@@ -207,7 +209,7 @@ def _ring(r: np.void, ts: np.ndarray, values: np.ndarray) -> int:
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rewarm(rows: np.ndarray, slots: np.ndarray, weights: GRUWeights, scratch: GRUScratch) -> int:
     """Recompute each sensor's hidden state and pending forecast by running its history
     ring through the network from a zero state; returns how many had a ring."""
@@ -237,7 +239,7 @@ def rewarm(rows: np.ndarray, slots: np.ndarray, weights: GRUWeights, scratch: GR
     return warmed
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def ring_features(rows: np.ndarray, slots: np.ndarray, x: np.ndarray, lengths: np.ndarray, ts: np.ndarray) -> None:
     """Training sequences from the rings: features ``x [S, L, F]`` with each sensor's
     current normaliser, real lengths and timestamps ``ts [S, L]`` (real steps first;
