@@ -114,6 +114,20 @@ def test_state_bank_grows_and_evicts_least_recently_seen() -> None:
     assert bank.row("g")["x"] == 0.0  # a reused slot starts fresh
 
 
+def test_rows_of_an_older_layout_keep_what_still_means_the_same() -> None:
+    old = StateBank([Column("x", "float64", 0.0), Column("q", "int16", 0, (3,)), Column("n", "int64", 0)],
+                    max_sensors=4, initial_capacity=4)
+    s = old.assign(["a"])
+    old["x"][s], old["q"][s], old["n"][s] = 0.1, [[300, -300, 7]], 5
+    new = StateBank([Column("x", "float32", 0.0), Column("q", "int8", 0, (3,)), Column("n", "int64", 0),
+                     Column("y", "float64", 2.0)], max_sensors=4, initial_capacity=4)
+    new.unpack(["a"], old.pack(s))
+    row = new.row("a")
+    # a float narrows; fixed point of another width starts fresh instead of wrapping
+    assert row["x"] == np.float32(0.1) and row["n"] == 5 and row["y"] == 2.0
+    assert row["q"].tolist() == [0, 0, 0]
+
+
 def test_more_sensors_in_a_batch_than_the_bank_holds_still_scores(model_file) -> None:
     det = Detector(model_file.model, bank=BankParams(max_sensors=4, initial_capacity=2))
     r = det.process([f"s{i}" for i in range(10)], np.arange(10.0), np.ones(10))

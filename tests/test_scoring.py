@@ -8,8 +8,8 @@ import math
 import numpy as np
 
 from streamrnn.core.calibration import PATTERN, PROFILE, RESIDUAL, SUSTAIN, TailKnobs, score_from_probability, tail_step
-from streamrnn.core.evidence import (PATTERN_LENGTH, PATTERN_SPAN, evidence_columns, pattern_step, profile_step, range_step,
-                                     sustain_step)
+from streamrnn.core.evidence import (KEPT_DTYPE, PATTERN_LENGTH, PATTERN_SPAN, evidence_columns, pattern_step,
+                                     profile_step, range_step, sustain_step)
 from streamrnn.core.halflife import halflife_decay, halflife_weight
 from streamrnn.core.scoring import Scorer, ScoringParams, onset_step
 from streamrnn.core.state import StateBank
@@ -184,7 +184,8 @@ def test_pattern_novelty_flags_a_new_shape_within_the_usual_range() -> None:
     for i in range(3000):  # a daily-like cycle of 96 readings
         feed.pattern(float(np.sin(2 * np.pi * i / 96.0) + noise[i]))
     same = [feed.pattern(float(np.sin(2 * np.pi * i / 96.0) + noise[i]), learn=False) for i in range(3000, 3096)]
-    assert min(same) > 0.01
+    # the usual shape is ordinary: rarely below 1 %, never near the new shape's values
+    assert min(same) > 1e-3 and np.mean(np.array(same) < 0.01) <= 0.05
     # the same values in a new shape: a cycle three times as fast, never leaving [-1, 1]
     new = [feed.pattern(float(np.sin(2 * np.pi * i / 32.0) + noise[i]), learn=False) for i in range(3096, 3192)]
     assert min(new) < 1e-6
@@ -217,7 +218,7 @@ def test_evidence_that_is_off_costs_no_state() -> None:
     off = StateBank(list(cols.values()), max_sensors=1, initial_capacity=1).row_dtype.itemsize
     on = StateBank(evidence_columns(profile_bins=48, sustain_window=10, pattern_windows=256), max_sensors=1,
                    initial_capacity=1).row_dtype.itemsize
-    assert on - off >= 256 * PATTERN_LENGTH * 2
+    assert on - off >= 256 * PATTERN_LENGTH * np.dtype(KEPT_DTYPE).itemsize
 
 
 def test_scores_map_probabilities_onto_decades() -> None:

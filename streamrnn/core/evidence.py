@@ -30,7 +30,7 @@ from .calibration import PATTERN, PROFILE, SUSTAIN, TailKnobs, tail_step
 from .state import Column
 
 __all__ = [
-    "PATTERN_BLOCK", "PATTERN_EVERY", "PATTERN_LENGTH", "PATTERN_OVERLAP", "PATTERN_SPAN", "PROFILE_MIN_VISITS",
+    "KEPT_DTYPE", "PATTERN_BLOCK", "PATTERN_EVERY", "PATTERN_LENGTH", "PATTERN_OVERLAP", "PATTERN_SPAN", "PROFILE_MIN_VISITS",
     "evidence_columns", "pattern_step", "profile_step", "range_step", "stuck_step", "sustain_step",
 ]
 
@@ -48,10 +48,16 @@ PATTERN_OVERLAP = PATTERN_SPAN // PATTERN_EVERY
 PATTERN_CLIP = 10.0  # a normalised value counts at most this far from the mean
 # Recent readings are int16 fixed point (exact arithmetic on them): normalised values
 # in [-PATTERN_CLIP, PATTERN_CLIP] at a resolution of 1/PATTERN_QUANTUM. Kept windows,
-# most of the bytes, are coarser: block means at a resolution of 1/KEPT_QUANTUM.
+# most of the row's bytes, are one byte per block mean at a resolution of
+# 1/KEPT_QUANTUM. They clip nearer the mean than the readings do: a block mean is
+# rarely that far out, and over the narrower span a clean periodic sensor's noise is
+# not drowned by the rounding (the window compared is clipped the same way but not
+# rounded, so only the kept side carries rounding error).
 PATTERN_QUANTUM = 3000.0
-KEPT_DTYPE = "int16"
-KEPT_QUANTUM = float(np.iinfo(KEPT_DTYPE).max) / PATTERN_CLIP
+KEPT_DTYPE = "int8"
+KEPT_CLIP = 5.0
+KEPT_MAX = float(np.iinfo(KEPT_DTYPE).max)
+KEPT_QUANTUM = KEPT_MAX / KEPT_CLIP
 
 # A time-of-day slot's mean is trusted after this many visits.
 PROFILE_MIN_VISITS = 3
@@ -229,7 +235,7 @@ def pattern_step(r: np.void, v: float, scale: float, mean: float, n: int, learn:
     if not (comparable or due):
         return tail_step(r, PATTERN, math.nan, False, tail)
     for b in range(PATTERN_LENGTH):  # block means, oldest first
-        window[b] = round(sums[b] * (KEPT_QUANTUM / (PATTERN_BLOCK * PATTERN_QUANTUM)))
+        window[b] = min(max(sums[b] * (KEPT_QUANTUM / (PATTERN_BLOCK * PATTERN_QUANTUM)), -KEPT_MAX), KEPT_MAX)
 
     # Usable kept windows are those older than the PATTERN_OVERLAP newest: one stretch
     # of the ring, at most two contiguous pieces, scanned window-minor so the compiler
@@ -246,7 +252,7 @@ def pattern_step(r: np.void, v: float, scale: float, mean: float, n: int, learn:
     if due:
         at = (_kept(n) - 1) % n_windows
         for b in range(PATTERN_LENGTH):
-            kept[b, at] = window[b]
+            kept[b, at] = round(window[b])
     return p
 
 

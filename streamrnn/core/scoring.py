@@ -61,7 +61,7 @@ class ScoringParams:
     profile_bins: int = Field(default=48, ge=0, le=1440, description="Slots of the UTC day in each sensor's time-of-day profile; a value far from its slot's usual level is evidence (0 disables).")
     profile_halflife_days: float = Field(default=2.0, gt=0, description="Half-life, in days, of each time-of-day slot's mean.")
     sustain_window: int = Field(default=10, ge=0, le=1000, description="Readings over which the mean residual is judged as well, so a shift that keeps the forecast off counts even when single residuals of its size have been seen (0 disables).")
-    pattern_windows: int = Field(default=256, ge=0, le=100_000, description="Past shapes of the last 96 readings (one kept every 4 readings) each sensor compares its recent readings with; a shape unlike all of them is evidence (0 disables, else more than 24; 4 KiB per sensor at 256).")
+    pattern_windows: int = Field(default=256, ge=0, le=100_000, description="Past shapes of the last 96 readings (one kept every 4 readings) each sensor compares its recent readings with; a shape unlike all of them is evidence (0 disables, else more than 24; 2 KiB per sensor at 256).")
     onset_halflife: float = Field(default=50.0, ge=0, description="The anomaly score is 0 unless the reading is more surprising than the sensor's recent peak, which decays with this half-life in readings (0: score every reading).")
     onset_margin: float = Field(default=0.1, ge=0, le=1, description="An onset lifts the recent peak by this much more, so a build-up within one incident scores once (0.1: a later reading must be ten times rarer).")
 

@@ -264,7 +264,10 @@ class StateBank:
         """Load rows (structured, any subset of fields) for these sensors; returns their slots.
 
         Fields the rows lack keep their fresh value, so state from an older version
-        with fewer fields still loads.
+        with fewer fields still loads. A field is taken when its shape matches and its
+        type is the same or both are floating point; an integer field of another width
+        is fixed point at another scale (as the kept pattern windows once were), so it
+        starts fresh rather than wrap.
         """
         slots = self.assign(sensor_ids, changes=False) if sensor_ids else np.zeros(0, dtype=np.int64)
         if not len(slots):
@@ -274,6 +277,9 @@ class StateBank:
             return slots
         for name in rows.dtype.names or ():
             c = self.columns.get(name)
-            if c is not None and rows.dtype[name].shape == c.shape:
+            if c is None or rows.dtype[name].shape != c.shape:
+                continue
+            have, want = rows.dtype[name].base, np.dtype(c.dtype)
+            if have == want or (have.kind == want.kind == "f"):
                 self.rows[name][slots] = rows[name]
         return slots
